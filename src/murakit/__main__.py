@@ -1,0 +1,3 @@
+from murakit.cli import app
+
+app(prog_name="murakit")
