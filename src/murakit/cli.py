@@ -86,8 +86,14 @@ def _stats_table(split: str, parts: dict[str, dict[str, int]]) -> Table:
 
     table = Table(title=f"{split}: images and studies per body part")
     table.add_column("part", no_wrap=True)
-    for col in ("normal images", "abnormal images", "abnormal %", "normal studies",
-                "abnormal studies", "patients"):
+    for col in (
+        "normal images",
+        "abnormal images",
+        "abnormal %",
+        "normal studies",
+        "abnormal studies",
+        "patients",
+    ):
         table.add_column(col, justify="right")
     for part, c in parts.items():
         images = c["normal_images"] + c["abnormal_images"]
@@ -123,13 +129,153 @@ def synth(
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        summary = generate(out, studies=studies, seed=seed, difficulty=difficulty,
-                           workers=workers, progress=update)
+        summary = generate(
+            out, studies=studies, seed=seed, difficulty=difficulty, workers=workers, progress=update
+        )
     console.print(
         f"wrote {summary.images} images in {summary.studies} studies of {summary.patients} "
         f"patients to {summary.root} in {summary.seconds:.1f} s "
         f"({summary.images / max(summary.seconds, 1e-9):.0f} images/s)"
     )
+
+
+PresetOpt = Annotated[
+    str, typer.Option(help="Recipe: reference (the report), mura-paper (Rajpurkar 2017), demo.")
+]
+
+
+def _train_options(preset: str, **overrides):
+    """A TrainConfig from a preset plus the flags the user gave (None = keep the preset's)."""
+    from murakit.train.config import make_config
+
+    try:
+        return make_config(preset, **overrides)
+    except ValueError as err:
+        fail(str(err))
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create/resume.")],
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (MURA-v1.1/).")] = None,
+    preset: PresetOpt = "reference",
+    arch: Annotated[
+        str | None, typer.Option(help="densenet169 | densenet121 | densenet201 | densenet-mini.")
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="imagenet (torch hub cache, downloaded if online) | none | PATH."),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Total epochs (with --resume: train further up to this many)."),
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="Input size in pixels (square).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    loss: Annotated[str | None, typer.Option(help="bce | weighted-bce.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for init, order, augmentation.")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
+    bf16: Annotated[
+        bool | None,
+        typer.Option(
+            "--mixed-precision/--no-mixed-precision",
+            help="bf16 autocast on CPU (where supported) / AMP on CUDA.",
+        ),
+    ] = None,
+    max_train_images: Annotated[
+        int | None, typer.Option(help="Train on a random subset of this many images (0 = all).")
+    ] = None,
+    fix_inverted: Annotated[
+        bool | None,
+        typer.Option(
+            "--fix-inverted/--no-fix-inverted", help="Invert images detected as inverted."
+        ),
+    ] = None,
+    mask_markers: Annotated[
+        bool | None,
+        typer.Option("--mask-markers/--no-mask-markers", help="Mask detected letter markers."),
+    ] = None,
+    panels: Annotated[
+        str | None, typer.Option(help="Multi-radiograph images: keep | largest.")
+    ] = None,
+    cache: Annotated[
+        str | None, typer.Option(help="Decoded-image cache folder made by `murakit cache`.")
+    ] = None,
+    skip_bad: Annotated[
+        bool | None,
+        typer.Option(
+            "--skip-bad/--no-skip-bad",
+            help="Skip unreadable images and bad CSV rows, list them at the end.",
+        ),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
+) -> None:
+    """Train one DenseNet into a run directory (config, metrics.csv, loss curve, best.pt)."""
+    from murakit.train.loop import RunDirError, prepare_run_dir, train_run
+
+    config = None
+    if not resume:
+        if data is None:
+            fail("--data is required for a new run (the folder holding MURA's CSVs)")
+        config = _train_options(
+            preset,
+            data=str(data.expanduser().resolve()),
+            arch=arch,
+            weights=weights,
+            epochs=epochs,
+            size=size,
+            batch_size=batch_size,
+            lr=lr,
+            loss=loss,
+            seed=seed,
+            workers=workers,
+            device=device,
+            bf16=bf16,
+            max_train_images=max_train_images,
+            fix_inverted=fix_inverted,
+            mask_markers=mask_markers,
+            panels=panels,
+            cache=cache,
+            skip_bad=skip_bad,
+        )
+    try:
+        config = prepare_run_dir(out, config, resume, epochs)
+        result = _run_training(lambda: train_run(config, out, resume=resume, console=err_console))
+    except RunDirError as err:
+        fail(str(err))
+    _report_run(result)
+
+
+def _run_training(start):
+    """Run a training call, turning the errors a user can fix into one clear line."""
+    from murakit.data.imageio import BadImageError
+    from murakit.data.index import DatasetError
+    from murakit.model.weights import WeightsError
+
+    try:
+        return start()
+    except (DatasetError, WeightsError, BadImageError, ValueError) as err:
+        fail(
+            f"{err}\n(use --skip-bad to skip unreadable images)"
+            if isinstance(err, BadImageError)
+            else str(err)
+        )
+
+
+def _report_run(result) -> None:
+    if result.history:
+        console.print(
+            f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f}); "
+            f"run directory: {result.out}"
+        )
+    if result.skipped:
+        console.print(f"[yellow]{len(result.skipped)} item(s) skipped[/]:")
+        for message in result.skipped:
+            console.print(f"  {message}", highlight=False)
+    if result.interrupted:
+        raise typer.Exit(130)
 
 
 @app.command()

@@ -150,8 +150,10 @@ def _load_split(root: Path, split: str, bad, allow_unknown_parts: bool) -> list[
         elif suffix_label is not None:
             label = suffix_label
         else:
-            bad(f"{where}: no label: {label_csv.name} is absent and the study folder "
-                "name has no _positive/_negative suffix")
+            bad(
+                f"{where}: no label: {label_csv.name} is absent and the study folder "
+                "name has no _positive/_negative suffix"
+            )
             continue
         records.append(
             ImageRecord(
@@ -215,14 +217,19 @@ def _parse_image_path(rel: str, split: str, allow_unknown_parts: bool):
     pieces = rel.replace("\\", "/").split("/")
     if len(pieces) < 5 or pieces[-5] != split:
         raise ValueError(
-            f"path {rel!r} is not of the form .../{split}/XR_PART/patientNNNNN/studyK_label/imageM.png"
+            f"path {rel!r} is not of the form "
+            f".../{split}/XR_PART/patientNNNNN/studyK_label/imageM.png"
         )
     part, patient, study_dir, name = pieces[-4:]
     if part not in BODY_PARTS and not allow_unknown_parts:
-        raise ValueError(f"unknown body part folder {part!r} in {rel!r}; known: {', '.join(BODY_PARTS)}")
+        raise ValueError(
+            f"unknown body part folder {part!r} in {rel!r}; known: {', '.join(BODY_PARTS)}"
+        )
     match = _STUDY_DIR.match(study_dir)
     if not match:
-        raise ValueError(f"study folder {study_dir!r} in {rel!r} is not named studyK[_positive|_negative]")
+        raise ValueError(
+            f"study folder {study_dir!r} in {rel!r} is not named studyK[_positive|_negative]"
+        )
     if not name.lower().endswith(IMAGE_SUFFIXES):
         raise ValueError(f"{rel!r} is not an image file name ({', '.join(IMAGE_SUFFIXES)})")
     suffix = match.group(2)
@@ -242,7 +249,8 @@ def _resolve(root: Path, rel: str) -> Path:
 
 
 def _walk_tree(root: Path, split: str) -> list[str]:
-    """Image paths under root/split in CSV form (prefixed by the root's name), hidden files skipped."""
+    """Image paths under root/split in CSV form (prefixed by the root's name); hidden files
+    such as macOS ._image1.png are skipped."""
     base = root / split
     if not base.is_dir():
         return []

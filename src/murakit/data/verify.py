@@ -1,0 +1,44 @@
+"""Open every listed image once, so missing or undecodable files are found before a long job."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from murakit.data.imageio import BadImageError, read_grayscale
+
+
+def _problem(path: Path) -> str | None:
+    try:
+        read_grayscale(path)
+    except BadImageError as err:
+        return str(err)
+    return None
+
+
+def find_bad_files(
+    paths: Sequence[Path],
+    workers: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Decode every file fully; return one message per missing or undecodable file."""
+    workers = workers or os.cpu_count() or 1
+    problems: list[str] = []
+    if workers == 1 or len(paths) < 64:
+        results = map(_problem, paths)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(workers)
+        results = pool.map(_problem, paths, chunksize=32)
+    try:
+        for message in results:
+            if message:
+                problems.append(message)
+            if progress:
+                progress(1)
+    finally:
+        if pool:
+            pool.shutdown()
+    return problems

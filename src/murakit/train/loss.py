@@ -1,0 +1,40 @@
+"""Binary cross-entropy, optionally weighted per body part as in the MURA paper."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from murakit.data.index import ImageRecord
+
+
+def sample_weights(
+    records: Sequence[ImageRecord], train_records: Sequence[ImageRecord], scheme: str
+) -> torch.Tensor:
+    """Per-image loss weights. "bce": all 1. "weighted-bce": for each body part, counted on
+    the training images of that part, w_abnormal = N_normal / N and w_normal = N_abnormal / N,
+    so both classes of a part contribute equally."""
+    if scheme == "bce":
+        return torch.ones(len(records))
+    if scheme != "weighted-bce":
+        raise ValueError(f"unknown loss {scheme!r}; expected 'bce' or 'weighted-bce'")
+    counts = Counter((r.part, r.label) for r in train_records)
+    weights = []
+    for rec in records:
+        normal, abnormal = counts[(rec.part, 0)], counts[(rec.part, 1)]
+        total = normal + abnormal
+        if total == 0:
+            weights.append(1.0)
+        else:
+            weights.append((normal if rec.label else abnormal) / total)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of weighted BCE (callers divide by the image count)."""
+    return F.binary_cross_entropy_with_logits(
+        logits.float(), labels.float(), weight=weights, reduction="sum"
+    )
