@@ -14,14 +14,24 @@ from murakit.data.stats import dataset_stats
 
 REFERENCE_IMAGES = {  # DESIGN.md: (normal, abnormal) images per part, train and valid
     "train": {
-        "XR_SHOULDER": (4211, 4168), "XR_HUMERUS": (673, 599), "XR_FINGER": (3138, 1968),
-        "XR_ELBOW": (2925, 2006), "XR_WRIST": (5765, 3987), "XR_FOREARM": (1164, 661),
-        "XR_HAND": (4059, 1484), "TOTAL": (21935, 14873),
+        "XR_SHOULDER": (4211, 4168),
+        "XR_HUMERUS": (673, 599),
+        "XR_FINGER": (3138, 1968),
+        "XR_ELBOW": (2925, 2006),
+        "XR_WRIST": (5765, 3987),
+        "XR_FOREARM": (1164, 661),
+        "XR_HAND": (4059, 1484),
+        "TOTAL": (21935, 14873),
     },
     "valid": {
-        "XR_SHOULDER": (285, 278), "XR_HUMERUS": (148, 140), "XR_FINGER": (214, 247),
-        "XR_ELBOW": (235, 230), "XR_WRIST": (364, 295), "XR_FOREARM": (150, 151),
-        "XR_HAND": (271, 189), "TOTAL": (1667, 1530),
+        "XR_SHOULDER": (285, 278),
+        "XR_HUMERUS": (148, 140),
+        "XR_FINGER": (214, 247),
+        "XR_ELBOW": (235, 230),
+        "XR_WRIST": (364, 295),
+        "XR_FOREARM": (150, 151),
+        "XR_HAND": (271, 189),
+        "TOTAL": (1667, 1530),
     },
 }
 REFERENCE_STUDIES = {"train": (8280, 5177), "valid": (661, 538)}
@@ -38,8 +48,13 @@ def test_official_csvs_give_reference_table(shared_mura):
             assert (got["normal_images"], got["abnormal_images"]) == (normal, abnormal), part
         total = table[split]["TOTAL"]
         assert (total["normal_studies"], total["abnormal_studies"]) == REFERENCE_STUDIES[split]
-        assert set(total) == {"normal_images", "abnormal_images", "normal_studies",
-                              "abnormal_studies", "patients"}
+        assert set(total) == {
+            "normal_images",
+            "abnormal_images",
+            "normal_studies",
+            "abnormal_studies",
+            "patients",
+        }
 
 
 def test_study_key_includes_body_part(shared_mura):
@@ -52,7 +67,11 @@ def test_study_key_includes_body_part(shared_mura):
     assert first.rel == "MURA-v1.1/train/XR_SHOULDER/patient00001/study1_positive/image1.png"
     assert first.path == shared_mura / "train/XR_SHOULDER/patient00001/study1_positive/image1.png"
     assert (first.part, first.patient, first.study_number, first.label) == (
-        "XR_SHOULDER", "patient00001", 1, 1)
+        "XR_SHOULDER",
+        "patient00001",
+        1,
+        1,
+    )
 
 
 def _write_tree(root: Path, files: list[str]) -> None:
@@ -62,8 +81,9 @@ def _write_tree(root: Path, files: list[str]) -> None:
         path.write_bytes(b"")
 
 
-def _csvs(root: Path, images: list[str], studies: list[tuple[str, int]], *, header=False,
-          crlf=False) -> None:
+def _csvs(
+    root: Path, images: list[str], studies: list[tuple[str, int]], *, header=False, crlf=False
+) -> None:
     end = "\r\n" if crlf else "\n"
     root.mkdir(parents=True, exist_ok=True)
     lines = (["path"] if header else []) + [f"{root.name}/{p}" for p in images]
@@ -77,8 +97,10 @@ IMAGES = [
     "train/XR_HAND/patient00001/study1_positive/image2.png",
     "train/XR_WRIST/patient00001/study1_negative/image1.png",
 ]
-STUDIES = [("train/XR_HAND/patient00001/study1_positive", 1),
-           ("train/XR_WRIST/patient00001/study1_negative", 0)]
+STUDIES = [
+    ("train/XR_HAND/patient00001/study1_positive", 1),
+    ("train/XR_WRIST/patient00001/study1_negative", 0),
+]
 
 
 @pytest.mark.parametrize("header", [False, True])
@@ -96,20 +118,29 @@ def test_csv_header_and_crlf_tolerated(tmp_path, header, crlf):
 
 def test_tree_fallback_ignores_hidden_files(tmp_path):
     root = tmp_path / "MURA-v1.1"
-    _write_tree(root, IMAGES + ["train/XR_HAND/patient00001/study1_positive/._image1.png",
-                                "train/.DS_Store"])
+    _write_tree(
+        root,
+        IMAGES + ["train/XR_HAND/patient00001/study1_positive/._image1.png", "train/.DS_Store"],
+    )
     index = load_index(root, ["train"])
     assert sorted(r.rel for r in index.images) == sorted(f"MURA-v1.1/{p}" for p in IMAGES)
     stats = dataset_stats(index.images)["train"]
-    assert stats["XR_HAND"] == {"normal_images": 0, "abnormal_images": 2, "normal_studies": 0,
-                                "abnormal_studies": 1, "patients": 1}
+    assert stats["XR_HAND"] == {
+        "normal_images": 0,
+        "abnormal_images": 2,
+        "normal_studies": 0,
+        "abnormal_studies": 1,
+        "patients": 1,
+    }
     assert stats["TOTAL"]["patients"] == 1
 
 
 def test_bad_label_names_file_and_line(tmp_path):
     root = tmp_path / "MURA-v1.1"
     _csvs(root, IMAGES, [STUDIES[0], (STUDIES[1][0], 2)])
-    with pytest.raises(DatasetError, match=r"train_labeled_studies.csv, line 2: label must be 0 or 1"):
+    with pytest.raises(
+        DatasetError, match=r"train_labeled_studies.csv, line 2: label must be 0 or 1"
+    ):
         load_index(root, ["train"])
 
 

@@ -117,8 +117,19 @@ def test_study_table_rejects_mixed_labels():
     images, probs = fake_images(np.random.default_rng(0), 5)
     keys, parts, labels, pooled = study_table(images, probs)
     assert len(keys) == len(parts) == len(labels) == len(pooled) == 5
-    broken = [*images, ImageRecord(images[0].path, "x.png", images[0].study, images[0].part,
-                                   images[0].patient, 1, "valid", 1 - images[0].label)]
+    broken = [
+        *images,
+        ImageRecord(
+            images[0].path,
+            "x.png",
+            images[0].study,
+            images[0].part,
+            images[0].patient,
+            1,
+            "valid",
+            1 - images[0].label,
+        ),
+    ]
     with pytest.raises(ValueError, match="labelled both"):
         study_table(broken, np.append(probs, 0.5))
 
@@ -239,8 +250,9 @@ def test_evaluation_metrics_shape_and_per_part_agreement():
 
 def test_evaluation_metrics_rejects_duplicate_studies():
     with pytest.raises(ValueError, match="not unique"):
-        evaluation_metrics(["a", "a"], ["P", "P"], [0, 1], [0.1, 0.9], [0, 1], [0.1, 0.9],
-                           ["P", "P"])
+        evaluation_metrics(
+            ["a", "a"], ["P", "P"], [0, 1], [0.1, 0.9], [0, 1], [0.1, 0.9], ["P", "P"]
+        )
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -252,14 +264,25 @@ def test_metrics_json_agrees_with_sklearn_from_study_predictions_csv(tmp_path):
     rng = np.random.default_rng(11)
     images, probs = fake_images(rng, 250)
     keys, parts, labels, study_probs = study_table(images, probs)
-    metrics = evaluation_metrics(keys, parts, labels, study_probs, [r.label for r in images],
-                                 probs, [r.part for r in images], threshold)
-    write_study_predictions(tmp_path / "study_predictions.csv", keys, parts, labels, study_probs,
-                            threshold)
+    metrics = evaluation_metrics(
+        keys,
+        parts,
+        labels,
+        study_probs,
+        [r.label for r in images],
+        probs,
+        [r.part for r in images],
+        threshold,
+    )
+    write_study_predictions(
+        tmp_path / "study_predictions.csv", keys, parts, labels, study_probs, threshold
+    )
     write_image_predictions(tmp_path / "image_predictions.csv", images, probs)
     write_metrics_json(tmp_path / "metrics.json", metrics)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "image_predictions.csv", "metrics.json", "study_predictions.csv"
+        "image_predictions.csv",
+        "metrics.json",
+        "study_predictions.csv",
     ]  # no temporary files left behind
 
     header = (tmp_path / "study_predictions.csv").read_text().splitlines()[0]
@@ -296,8 +319,10 @@ def test_metrics_json_agrees_with_sklearn_from_study_predictions_csv(tmp_path):
 
 
 def test_metrics_json_is_strict(tmp_path):
-    write_metrics_json(tmp_path / "m.json", {"a": np.float32(0.5), "b": float("nan"),
-                                             "c": np.array([1, 2]), "d": np.int64(3)})
+    write_metrics_json(
+        tmp_path / "m.json",
+        {"a": np.float32(0.5), "b": float("nan"), "c": np.array([1, 2]), "d": np.int64(3)},
+    )
     text = (tmp_path / "m.json").read_text()
     assert json.loads(text) == {"a": 0.5, "b": None, "c": [1, 2], "d": 3}
     assert "NaN" not in text

@@ -278,18 +278,392 @@ def _report_run(result) -> None:
         raise typer.Exit(130)
 
 
+ensemble_app = typer.Typer(
+    help="Train several models and keep those with the lowest validation loss.",
+    no_args_is_help=True,
+)
+app.add_typer(ensemble_app, name="ensemble")
+
+
+@ensemble_app.command("train")
+def ensemble_train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Ensemble directory.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder (MURA-v1.1/).")],
+    models: Annotated[int, typer.Option(help="Members to train (seeds seed..seed+N-1).")] = 15,
+    keep: Annotated[int, typer.Option(help="Members kept (lowest validation loss).")] = 4,
+    parallel: Annotated[
+        int,
+        typer.Option(help="Members trained at once (one per GPU, or CPU processes sharing cores)."),
+    ] = 1,
+    preset: PresetOpt = "reference",
+    arch: Annotated[str | None, typer.Option(help="Network (see `train --help`).")] = None,
+    weights: Annotated[str | None, typer.Option(help="imagenet | none | PATH.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per member.")] = None,
+    size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="First member's seed.")] = None,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda.")] = None,
+    max_train_images: Annotated[
+        int | None, typer.Option(help="Train each member on a random subset of this many images.")
+    ] = None,
+) -> None:
+    """Train N members (resumable: finished members are kept), then keep the K best."""
+    from murakit.evaluate.ensemble import train_ensemble
+
+    config = _train_options(
+        preset,
+        data=str(data.expanduser().resolve()),
+        arch=arch,
+        weights=weights,
+        epochs=epochs,
+        size=size,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        workers=workers,
+        device=device,
+        max_train_images=max_train_images,
+    )
+    try:
+        members = _run_training(
+            lambda: train_ensemble(
+                config,
+                out,
+                models,
+                keep,
+                parallel=parallel,
+                log=lambda m: err_console.print(m, highlight=False),
+            )
+        )
+    except RuntimeError as err:
+        fail(str(err))
+    _print_members(members, out)
+
+
+@ensemble_app.command("select")
+def ensemble_select(
+    runs: Annotated[list[Path], typer.Argument(help="Finished run directories.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Ensemble directory to write.")],
+    keep: Annotated[int, typer.Option(help="Members kept (lowest validation loss).")] = 4,
+) -> None:
+    """Make an ensemble from existing runs: keep the K with the lowest validation loss."""
+    from murakit.evaluate.ensemble import ModelDirError, select_members, write_ensemble
+
+    try:
+        members = select_members(runs, keep)
+    except (ModelDirError, ValueError) as err:
+        fail(str(err))
+    write_ensemble(out, members)
+    _print_members(members, out)
+
+
+def _print_members(members, out: Path) -> None:
+    table = Table(title="ensemble members (sorted by validation loss)")
+    for col in (
+        "model",
+        "epochs",
+        "best epoch",
+        "train loss",
+        "val loss",
+        "val accuracy",
+        "val study acc",
+        "kept",
+    ):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in members:
+        table.add_row(
+            m.name,
+            str(m.epochs),
+            str(m.best_epoch),
+            f"{m.train_loss:.4f}",
+            f"{m.val_loss:.4f}",
+            f"{m.val_accuracy:.3f}",
+            f"{m.val_study_accuracy:.3f}",
+            "[green]yes[/]" if m.kept else "",
+        )
+    console.print(table)
+    console.print(f"wrote {out / 'ensemble.json'} and {out / 'members.csv'}")
+
+
+ModelOpt = Annotated[
+    Path, typer.Option("--model", "-m", help="An ensemble directory or a run directory.")
+]
+
+
+@app.command()
+def evaluate(
+    model: ModelOpt,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Dataset folder (default: the one the model was trained on)."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="train | valid.")] = "valid",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: MODEL/eval-SPLIT).")
+    ] = None,
+    aggregation: Annotated[
+        str, typer.Option(help="Study probability from its images: mean | max | median.")
+    ] = "mean",
+    threshold: Annotated[float, typer.Option(help="Abnormal when probability >= this.")] = 0.5,
+    tta: Annotated[bool, typer.Option(help="Average with the horizontally flipped image.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 2,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images, list them.")] = False,
+) -> None:
+    """Study-level accuracy, Cohen's kappa (95% CI), AUROC, sensitivity, specificity per part."""
+    from murakit.evaluate.ensemble import ModelDirError
+    from murakit.evaluate.evaluation import evaluate_model, looks_like_mura
+    from murakit.evaluate.outputs import REFERENCE_STUDY_ACCURACY, format_part_table
+
+    with progress_bar(console=err_console) as bar:
+        task = bar.add_task("predicting", total=None, status="")
+        try:
+            result = _run_training(
+                lambda: evaluate_model(
+                    model,
+                    data,
+                    split=split,
+                    out_dir=out,
+                    aggregation=aggregation,
+                    threshold=threshold,
+                    tta_flip=tta,
+                    batch_size=batch_size,
+                    workers=workers,
+                    device=device,
+                    skip_bad=skip_bad,
+                    on_start=lambda n: bar.update(task, total=n),
+                    on_batch=lambda n: bar.advance(task, n),
+                )
+            )
+        except ModelDirError as err:
+            fail(str(err))
+    reference = REFERENCE_STUDY_ACCURACY if looks_like_mura(result.metrics, split) else None
+    console.print(
+        format_part_table(
+            result.metrics, reference, title=f"{split}: study-level results ({model})"
+        )
+    )
+    for message in result.skipped:
+        console.print(f"[yellow]skipped:[/] {message}", highlight=False)
+    console.print(
+        f"wrote {result.out_dir}/metrics.json, study_predictions.csv, image_predictions.csv"
+    )
+
+
+@app.command()
+def cam(
+    model: ModelOpt,
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Images and/or study folders (a study folder's images are explained each)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for the overlays and cams.csv (default: MODEL/cams)."
+        ),
+    ] = None,
+    size: Annotated[
+        int, typer.Option(help="Input size for the maps: 512 gives 16x16 maps (224 gives 7x7).")
+    ] = 512,
+    gallery: Annotated[
+        int,
+        typer.Option(
+            help="Instead of INPUTS: this many studies per class from MODEL/eval-valid "
+            "(most confident hits and worst misses), for the report."
+        ),
+    ] = 0,
+) -> None:
+    """Class activation maps (hot = evidence for abnormal) overlaid on the original images."""
+    from murakit.evaluate.ensemble import ModelDirError, load_models
+    from murakit.explain.cam import cam_paths
+
+    out = out or model / "cams"
+    if gallery:
+        from murakit.explain.gallery import gallery_study_folders
+
+        eval_dir = model / "eval-valid"
+        if not (eval_dir / "study_predictions.csv").exists():
+            fail(
+                f"{eval_dir} has no study_predictions.csv: run "
+                f"`murakit evaluate --model {model}` first"
+            )
+        try:
+            loaded = load_models(model)
+        except ModelDirError as err:
+            fail(str(err))
+        inputs = gallery_study_folders(eval_dir, Path(loaded.config.data), per_class=gallery)
+        model = loaded
+    if not inputs:
+        fail("give images or study folders to explain, or --gallery N")
+    with progress_bar(console=err_console) as bar:
+        task = bar.add_task("class activation maps", total=None, status="")
+        try:
+            rows = cam_paths(model, inputs, out, size, progress=lambda n: bar.advance(task, n))
+        except ModelDirError as err:
+            fail(str(err))
+    bad = [r for r in rows if r["error"]]
+    for row in bad:
+        err_console.print(f"[red]unreadable:[/] {row['image']}: {row['error']}", highlight=False)
+    console.print(f"wrote {len(rows) - len(bad)} overlays and cams.csv to {out}")
+
+
+@app.command("augment-preview")
+def augment_preview_cmd(
+    image: Annotated[Path, typer.Argument(help="A radiograph.")],
+    n: Annotated[int, typer.Option("-n", help="Augmented versions to show.")] = 5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path(
+        "augment_preview.png"
+    ),
+    size: Annotated[int, typer.Option(help="Square size after padding.")] = 224,
+    rotation: Annotated[float, typer.Option(help="Maximum rotation in degrees.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """One image through the training augmentation (pad, resize, rotate, flip) n times."""
+    from murakit.data.imageio import BadImageError
+    from murakit.report.augment_preview import augment_preview
+
+    try:
+        path = augment_preview(image, n=n, size=size, rotation=rotation, seed=seed, out=out)
+    except BadImageError as err:
+        fail(str(err))
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def report(
+    model_dir: Annotated[Path, typer.Argument(help="An ensemble or run directory.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Dataset folder for the dataset table (default: the model's)."),
+    ] = None,
+) -> None:
+    """Write a self-contained report.html (opens from disk, no network) into MODEL_DIR."""
+    from murakit.report.html import ReportError, build_report
+
+    try:
+        path = build_report(model_dir, data_root=data)
+    except ReportError as err:
+        fail(str(err))
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def audit(
+    root: RootArg,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for audit.csv and audit.html (default: ROOT/../audit)."
+        ),
+    ] = None,
+    split: Annotated[
+        list[str] | None, typer.Option(help="Split(s) to audit (default: all).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Processes (0 = all cores).")] = 0,
+) -> None:
+    """Flag inverted images, letter markers, multi-radiograph images and technical problems."""
+    from murakit.data.index import SPLITS, DatasetError, load_index
+    from murakit.data.quality import audit as run_audit
+
+    try:
+        index = load_index(root, split or SPLITS, skip_bad=True)
+    except DatasetError as err:
+        fail(str(err))
+    out = out or root.resolve().parent / "audit"
+    with progress_bar(console=err_console) as bar:
+        task = bar.add_task("auditing", total=len(index.images), status="")
+        result = run_audit(
+            index.images,
+            out,
+            workers,
+            progress=lambda done, total: bar.update(task, completed=done),
+        )
+    table = Table(title="flagged images per body part")
+    columns = list(next(iter(result.summary.values())).keys()) if result.summary else []
+    table.add_column("part", no_wrap=True)
+    for col in columns:
+        table.add_column(col, justify="right")
+    for part, counts in result.summary.items():
+        table.add_row(part, *[f"{counts[c]:,}" for c in columns])
+    console.print(table)
+    for message in index.skipped:
+        console.print(f"[yellow]index problem:[/] {message}", highlight=False)
+    console.print(f"wrote {result.csv_path} and {result.html_path}")
+
+
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the demo's data and runs.")] = Path("demo"),
-    studies: Annotated[int, typer.Option(help="Synthetic studies to generate.")] = 400,
+    out: Annotated[Path, typer.Option(help="Folder for the demo's data and models.")] = Path(
+        "demo"
+    ),
+    studies: Annotated[int, typer.Option(help="Synthetic studies to generate.")] = 600,
+    models: Annotated[int, typer.Option(help="Ensemble members to train.")] = 3,
+    keep: Annotated[int, typer.Option(help="Members kept (lowest validation loss).")] = 2,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs per member (default: preset's).")
+    ] = None,
 ) -> None:
-    """Run the whole pipeline on a synthetic sample (generate, then show its stats)."""
+    """The whole reference pipeline on a synthetic sample: generate, train an ensemble, evaluate,
+    explain with CAMs, write the report. Re-running continues where it stopped."""
     start = time.time()
-    root = out / "data" / "MURA-v1.1"
-    if not (root / "train_image_paths.csv").exists():
-        synth(out / "data", studies=studies, seed=0, difficulty=0.5, workers=0)
-    stats(root, as_json=False, check_files=True, workers=0)
-    console.print(f"demo finished in {time.time() - start:.0f} s; data in {root}")
+    data_dir = out / "data"
+    root = data_dir / "MURA-v1.1"
+    ensemble_dir = out / "ensemble"
+    if not (root / "valid_labeled_studies.csv").exists():
+        synth(data_dir, studies=studies, seed=0, difficulty=0.5, workers=0)
+    stats(root, as_json=False, check_files=False, workers=0)
+    ensemble_train(
+        out=ensemble_dir,
+        data=root,
+        models=models,
+        keep=keep,
+        parallel=1,
+        preset="demo",
+        arch=None,
+        weights=None,
+        epochs=epochs,
+        size=None,
+        batch_size=None,
+        lr=None,
+        seed=None,
+        workers=None,
+        device=None,
+        max_train_images=None,
+    )
+    evaluate(
+        model=ensemble_dir,
+        data=root,
+        split="valid",
+        out=None,
+        aggregation="mean",
+        threshold=0.5,
+        tta=False,
+        batch_size=32,
+        workers=2,
+        device="auto",
+        skip_bad=False,
+    )
+    cam(model=ensemble_dir, inputs=None, out=None, size=512, gallery=6)
+    first_image = next((root / "train").rglob("image1.png"))
+    augment_preview_cmd(
+        image=first_image,
+        n=5,
+        out=ensemble_dir / "augment_preview.png",
+        size=224,
+        rotation=30.0,
+        seed=0,
+    )
+    report(model_dir=ensemble_dir, data=root)
+    console.print(
+        f"[bold green]demo finished in {time.time() - start:.0f} s.[/] "
+        f"Open {(ensemble_dir / 'report.html').resolve()} in a browser."
+    )
 
 
 def main() -> None:  # pragma: no cover - console-script entry point

@@ -13,7 +13,9 @@ from rich.progress import (
 )
 
 
-def progress_bar(console: Console | None = None, transient: bool = False) -> Progress:
+def progress_bar(
+    console: Console | None = None, transient: bool = False, disable: bool = False
+) -> Progress:
     """A rich Progress; tasks may set a `status` field (e.g. "loss 0.53  41 img/s")."""
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -25,5 +27,6 @@ def progress_bar(console: Console | None = None, transient: bool = False) -> Pro
         TextColumn("{task.fields[status]}"),
         console=console or Console(stderr=True),
         transient=transient,
+        disable=disable,
         refresh_per_second=4,
     )

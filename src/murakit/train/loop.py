@@ -204,11 +204,15 @@ def train_run(
         + (f" x {ctx.world_size} processes" if ctx.enabled else "")
     )
 
-    with _StopFlag() as stop, progress_bar(console=console) as bar:
-        if not ctx.is_main:
-            bar.disable = True
+    show = ctx.is_main and show_progress
+    with _StopFlag() as stop, progress_bar(console=console, disable=not show) as bar:
         for epoch in range(state["epochs_done"] + 1, config.epochs + 1):
             sampler.set_epoch(epoch, skip=state["step"] * config.batch_size)
+            if distributed.any_rank(ctx, stop.requested):  # asked during validation
+                log(f"[yellow]stopped before epoch {epoch}; {out / 'last.pt'} is current. "
+                    f"Continue with: murakit train --out {out} --resume")
+                result.interrupted = True
+                break
             train_loss, seconds, n_images, stopped = _train_epoch(
                 train_model,
                 loader,
@@ -221,7 +225,7 @@ def train_run(
                 ctx,
                 bar,
                 f"epoch {epoch}/{config.epochs}",
-                len(sampler.order()) // 1,
+                len(sampler.order()),
             )
             if stopped:
                 if ctx.is_main:
@@ -318,9 +322,9 @@ def _eval_transform(config: TrainConfig):
 
 
 def _image_loader(config: TrainConfig):
-    from murakit.data.dataset import read_record
+    from murakit.data.dataset import RecordLoader
 
-    return read_record
+    return RecordLoader(config)
 
 
 def _train_epoch(

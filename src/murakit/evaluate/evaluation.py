@@ -1,0 +1,105 @@
+"""Evaluate a run or an ensemble on a split: image probabilities averaged over members, study
+probabilities pooled over images, metrics per body part, and the files a person opens."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from murakit.data.index import load_index
+from murakit.evaluate.aggregate import study_table
+from murakit.evaluate.ensemble import load_models
+from murakit.evaluate.metrics import evaluation_metrics
+from murakit.evaluate.outputs import (
+    write_image_predictions,
+    write_metrics_json,
+    write_study_predictions,
+)
+from murakit.evaluate.predict import ensemble_probabilities
+from murakit.train.device import make_runtime
+
+
+@dataclass
+class EvaluationResult:
+    out_dir: Path
+    metrics: dict
+    n_images: int
+    skipped: list[str]
+
+
+def evaluate_model(
+    model_dir: Path,
+    data_root: Path | None = None,
+    *,
+    split: str = "valid",
+    out_dir: Path | None = None,
+    aggregation: str = "mean",
+    threshold: float = 0.5,
+    tta_flip: bool = False,
+    batch_size: int = 32,
+    workers: int = 2,
+    device: str = "auto",
+    skip_bad: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> EvaluationResult:
+    """Write image_predictions.csv, study_predictions.csv and metrics.json into `out_dir`
+    (default: <model_dir>/eval-<split>/). `data_root` defaults to the data the model was
+    trained on."""
+    model_dir = Path(model_dir)
+    runtime = make_runtime(device)
+    loaded = load_models(model_dir)
+    root = Path(data_root or loaded.config.data)
+    index = load_index(root, [split], skip_bad=skip_bad)
+    records = index.images
+    skipped = list(index.skipped)
+    if skip_bad:
+        from murakit.data.verify import find_bad_files
+
+        bad = find_bad_files([r.path for r in records], workers)
+        bad_paths = {message.split(": ", 1)[0] for message in bad}
+        records = [r for r in records if str(r.path) not in bad_paths]
+        skipped += bad
+    if on_start:
+        on_start(len(records) * len(loaded.models))
+    probs = ensemble_probabilities(
+        loaded,
+        records,
+        runtime,
+        batch_size=batch_size,
+        workers=workers,
+        tta_flip=tta_flip,
+        on_batch=on_batch,
+    )
+    keys, parts, labels, study_probs = study_table(records, probs, aggregation)
+    metrics = evaluation_metrics(
+        keys,
+        parts,
+        labels,
+        study_probs,
+        np.array([r.label for r in records]),
+        probs,
+        [r.part for r in records],
+        threshold=threshold,
+    )
+    metrics["model"] = str(model_dir)
+    metrics["data"] = str(root)
+    metrics["split"] = split
+    metrics["aggregation"] = aggregation
+    metrics["tta_flip"] = tta_flip
+    metrics["members"] = loaded.names
+    out_dir = Path(out_dir or model_dir / f"eval-{split}")
+    write_image_predictions(out_dir / "image_predictions.csv", records, probs)
+    write_study_predictions(
+        out_dir / "study_predictions.csv", keys, parts, labels, study_probs, threshold
+    )
+    write_metrics_json(out_dir / "metrics.json", metrics)
+    return EvaluationResult(out_dir, metrics, len(records), skipped)
+
+
+def looks_like_mura(metrics: dict, split: str) -> bool:
+    """The reference report's numbers only compare on MURA's own valid split (1,199 studies)."""
+    return split == "valid" and metrics["overall"]["n_studies"] == 1199

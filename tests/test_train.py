@@ -1,0 +1,160 @@
+"""Training runs: the run directory, resuming (after a clean stop, Ctrl-C or SIGKILL) gives
+the same result as an uninterrupted run, and the loss weights and sampler behave."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from murakit.data.dataset import EpochSampler
+from murakit.data.index import load_index
+from murakit.train.config import TrainConfig, make_config
+from murakit.train.loop import METRIC_COLUMNS, RunDirError, prepare_run_dir, train_run
+from murakit.train.loss import sample_weights
+
+
+def tiny_config(root: Path, **overrides) -> TrainConfig:
+    values = dict(data=str(root), epochs=3, size=64, batch_size=8, workers=0,
+                  max_train_images=48)
+    values.update(overrides)
+    return make_config("demo", **values)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    rows_a, rows_b = read_metrics(a), read_metrics(b)
+    assert len(rows_a) == len(rows_b)
+    for row_a, row_b in zip(rows_a, rows_b, strict=True):
+        for key in ("train_loss", "val_loss", "val_study_accuracy", "val_study_kappa"):
+            assert float(row_a[key]) == pytest.approx(float(row_b[key]), rel=1e-5, abs=1e-6), key
+    weights_a = torch.load(a / "last.pt", weights_only=False)["model"]
+    weights_b = torch.load(b / "last.pt", weights_only=False)["model"]
+    for name, tensor in weights_a.items():
+        assert torch.allclose(tensor.float(), weights_b[name].float(), atol=1e-5), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synth_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "straight"
+    train_run(tiny_config(synth_root), out, show_progress=False)
+    return out
+
+
+def test_run_directory_holds_the_record(uninterrupted):
+    names = {p.name for p in uninterrupted.iterdir()}
+    assert {"config.json", "metrics.csv", "loss_curve.png", "best.pt", "last.pt"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    rows = read_metrics(uninterrupted)
+    assert list(rows[0]) == list(METRIC_COLUMNS)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(float(r["img_per_s"]) > 0 for r in rows)
+    best = torch.load(uninterrupted / "best.pt", weights_only=False)
+    best_epoch = min(rows, key=lambda r: float(r["val_loss"]))["epoch"]
+    assert best["epoch"] == int(best_epoch)
+    config = TrainConfig.load(uninterrupted / "config.json")
+    assert (config.arch, config.size, config.epochs) == ("densenet-mini", 64, 3)
+    assert (uninterrupted / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_after_finished_epoch_matches(synth_root, uninterrupted, tmp_path):
+    out = tmp_path / "resumed"
+    train_run(tiny_config(synth_root, epochs=1), out, show_progress=False)
+    assert len(read_metrics(out)) == 1
+    config = prepare_run_dir(out, None, resume=True, epochs=3)
+    train_run(config, out, resume=True, show_progress=False)
+    assert_same_run(out, uninterrupted)
+
+
+def test_existing_run_is_not_overwritten(synth_root, uninterrupted):
+    with pytest.raises(RunDirError, match="--resume"):
+        prepare_run_dir(uninterrupted, tiny_config(synth_root), resume=False)
+
+
+def _train_process(root: Path, out: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "murakit", "train", "--data", str(root), "--out", str(out),
+               "--preset", "demo", "--epochs", "3", "--size", "64", "--batch-size", "8",
+               "--workers", "0", "--max-train-images", "48", *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, COLUMNS="200"))
+
+
+def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
+    seen = ""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen += line
+        if text in line:
+            return seen
+    proc.kill()
+    raise AssertionError(f"never saw {text!r}; output:\n{seen}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_interrupted_process_resumes_to_the_same_result(synth_root, uninterrupted, tmp_path,
+                                                        sig):
+    """Ctrl-C saves the mid-epoch position; SIGKILL loses at most the epoch in progress.
+    Either way --resume ends where an uninterrupted run ends."""
+    out = tmp_path / "killed"
+    proc = _train_process(synth_root, out)
+    _wait_for(proc, "epoch   1:")  # first epoch saved; now interrupt the second
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=120)[0]
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, output
+        assert "murakit train --out" in output and "--resume" in output
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    torch.load(out / "last.pt", weights_only=False)  # a whole, readable checkpoint
+    resumed = _train_process(synth_root, out, "--resume")
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming" in output
+    assert_same_run(out, uninterrupted)
+
+
+def test_weighted_bce_balances_each_part(synth_root):
+    records = load_index(synth_root, ["train"]).images
+    weights = sample_weights(records, records, "weighted-bce")
+    for part in {r.part for r in records}:
+        idx = [i for i, r in enumerate(records) if r.part == part]
+        normal = [i for i in idx if records[i].label == 0]
+        abnormal = [i for i in idx if records[i].label == 1]
+        assert weights[abnormal[0]] == pytest.approx(len(normal) / len(idx))
+        assert weights[normal[0]] == pytest.approx(len(abnormal) / len(idx))
+        # each class then carries the same total weight within the part
+        assert float(weights[normal].sum()) == pytest.approx(float(weights[abnormal].sum()))
+    assert torch.equal(sample_weights(records, records, "bce"), torch.ones(len(records)))
+
+
+def test_epoch_sampler_shards_cover_each_epoch_once():
+    shards = []
+    for rank in range(3):
+        sampler = EpochSampler(10, seed=1, rank=rank, world_size=3)
+        sampler.set_epoch(4)
+        shards.append([i for i, epoch in sampler if epoch == 4])
+    assert {len(s) for s in shards} == {4}  # padded to equal length, as DDP needs
+    assert set(np.concatenate(shards)) == set(range(10))
+    single = EpochSampler(10, seed=1)
+    single.set_epoch(4)
+    order = [i for i, _ in single]
+    single.set_epoch(4, skip=6)
+    assert [i for i, _ in single] == order[6:]
+    single.set_epoch(5)
+    assert [i for i, _ in single] != order
