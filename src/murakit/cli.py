@@ -598,6 +598,139 @@ def audit(
 
 
 @app.command()
+def predict(
+    model: ModelOpt,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Images, study folders (their images form one study) or folders of studies."
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write predictions here (default: print them)."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="json | csv.")] = "json",
+    backend: Annotated[str, typer.Option(help="torch | onnx (see `murakit export`).")] = "torch",
+    onnx: Annotated[
+        Path | None, typer.Option(help="ONNX file for --backend onnx (default: MODEL/model.onnx).")
+    ] = None,
+    cam_dir: Annotated[
+        Path | None, typer.Option("--cam", help="Also write CAM overlays into this folder.")
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Abnormal when probability >= this (default: the model's, else 0.5)."),
+    ] = None,
+    aggregation: Annotated[
+        str, typer.Option(help="Study probability: mean | max | median.")
+    ] = "mean",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+) -> None:
+    """P(abnormal) per image and per study for new studies (PNG, JPEG, DICOM)."""
+    from murakit.evaluate.ensemble import ModelDirError, load_models
+    from murakit.predict import (
+        PredictInputError,
+        collect_studies,
+        predict_studies,
+        write_predictions,
+    )
+    from murakit.train.device import make_runtime
+
+    if fmt not in ("json", "csv"):
+        fail(f"--format must be json or csv, not {fmt!r}")
+    try:
+        studies = collect_studies(paths)
+        loaded = load_models(model)
+        runtime = make_runtime(device)
+        n_images = sum(len(s.paths) for s in studies)
+        with progress_bar(console=err_console, transient=True) as bar:
+            task = bar.add_task("predicting", total=n_images, status="")
+            result = predict_studies(
+                loaded,
+                studies,
+                runtime,
+                backend=backend,
+                onnx_path=onnx,
+                cam_dir=cam_dir,
+                threshold=threshold,
+                aggregation=aggregation,
+                batch_size=batch_size,
+                on_image=lambda n: bar.advance(task, n),
+            )
+    except (PredictInputError, ModelDirError, FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    write_predictions(result, out, fmt)
+    for error in result.errors:
+        err_console.print(f"[red]unreadable:[/] {error.path}: {error.error}", highlight=False)
+    if out:
+        err_console.print(f"wrote {len(result.studies)} studies to {out}")
+    if result.errors and not result.studies:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    model: ModelOpt,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="ONNX file to write (default: MODEL/model.onnx)."),
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).")] = 18,
+    verify: Annotated[
+        bool, typer.Option(help="Check ONNX Runtime against PyTorch on a random batch.")
+    ] = True,
+) -> None:
+    """The run or ensemble as one ONNX graph (members averaged), preprocessing documented in
+    a JSON file beside it."""
+    from murakit.evaluate.ensemble import ModelDirError, load_models
+    from murakit.export import export_onnx
+
+    out = out or model / "model.onnx"
+    try:
+        path = export_onnx(load_models(model), out, opset, verify=verify)
+    except (ModelDirError, ValueError) as err:
+        fail(str(err))
+    console.print(f"wrote {path} and {path}.json (the preprocessing it expects)")
+
+
+@app.command()
+def serve(
+    model: ModelOpt,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    backend: Annotated[str, typer.Option(help="torch | onnx.")] = "torch",
+    onnx: Annotated[Path | None, typer.Option(help="ONNX file for --backend onnx.")] = None,
+    max_files: Annotated[int, typer.Option(help="Most images per request.")] = 11,
+    max_mb: Annotated[float, typer.Option(help="Largest upload per file, MB.")] = 20.0,
+    max_megapixels: Annotated[float, typer.Option(help="Largest image, megapixels.")] = 40.0,
+    cam_size: Annotated[int, typer.Option(help="Input size for the heat maps.")] = 512,
+) -> None:
+    """A web page and JSON API: drop the images of a study, get its probability and heat maps."""
+    from murakit.evaluate.ensemble import ModelDirError
+    from murakit.serve.app import run
+
+    console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
+    try:
+        run(
+            model,
+            host=host,
+            port=port,
+            device=device,
+            backend=backend,
+            onnx_path=onnx,
+            max_files=max_files,
+            max_bytes=int(max_mb * 2**20),
+            max_pixels=int(max_megapixels * 1e6),
+            cam_size=cam_size,
+        )
+    except ModelDirError as err:
+        fail(str(err))
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's data and models.")] = Path(
         "demo"

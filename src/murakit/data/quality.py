@@ -1,0 +1,689 @@
+"""Quality checks for radiographs: the reference report's open problems, found and fixed.
+
+The report names three things that mislead a classifier: images whose polarity is inverted
+(bone dark, surround white), lead letter markers ("L", "R", initials) burnt in near the
+field's edge, and several radiographs side by side in one image. Each detector here takes a
+uint8 grayscale image and returns a flag, a score in [0, 1] (how sure; the flag is
+``score >= 0.5``) and the geometry a fix needs. The fixes (:func:`apply_fixes`) are what
+training and prediction run when asked to; :func:`audit` runs every check over a dataset
+and writes ``audit.csv`` plus a page of thumbnails a person can scan.
+
+The detectors are image statistics, not learned models, so they run at thousands of images
+a minute on a laptop and behave the same on any dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from murakit.data.imageio import BadImageError, read_grayscale
+from murakit.data.index import ImageRecord
+from murakit.fsutil import atomic_open
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
+
+MIN_SIDE = 64
+"""Images smaller than this on either side are too small to show anatomy."""
+
+BLANK_RANGE = 8
+"""An image whose central 98% of pixel values spans fewer gray levels is blank."""
+
+STROKE_WIDTH = 5
+"""Letter strokes are narrower than this (px); bone, casts and plates are wider."""
+
+STROKE_CONTRAST = 40
+"""A pixel at least this much brighter than its wide surroundings may belong to a stroke."""
+
+MIN_STROKE_PIXELS = 10
+"""Smaller specks of bright pixels are noise, not letters."""
+
+MARKER_GAP = 0.01
+"""Strokes closer than this fraction of the image's longer side belong to one marker."""
+
+UNEXPOSED_LEVEL = 24
+"""Unexposed surround is near black: the gap between two films is never brighter."""
+
+PANEL_GRID = 256
+"""Multi-panel and inversion checks look at a copy whose longer side is at most this."""
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """Whether bone is dark and the surround white (a negative)."""
+
+    flag: bool
+    score: float
+
+
+@dataclass(frozen=True)
+class Markers:
+    """Letter markers found, one box per marker (letters close together share a box)."""
+
+    flag: bool
+    score: float
+    boxes: tuple[Box, ...] = ()
+
+
+@dataclass(frozen=True)
+class Split:
+    """Where a dark gap band separates two radiographs.
+
+    ``axis == "x"``: a vertical band at column ``at`` (panels left and right);
+    ``axis == "y"``: a horizontal band at row ``at`` (panels above and below).
+    """
+
+    axis: str
+    at: int
+
+    def __str__(self) -> str:
+        return f"{self.axis}={self.at}"
+
+    @classmethod
+    def parse(cls, text: str) -> Split | None:
+        """Read back ``str(split)`` (e.g. from audit.csv); empty text gives None."""
+        text = text.strip()
+        if not text:
+            return None
+        axis, _, at = text.partition("=")
+        if axis not in ("x", "y") or not at.strip().lstrip("-").isdigit():
+            raise ValueError(f"not a panel split: {text!r} (expected x=N or y=N)")
+        return cls(axis, int(at))
+
+
+@dataclass(frozen=True)
+class Panels:
+    """Whether the image holds two radiographs, and where to cut it."""
+
+    flag: bool
+    score: float
+    split: Split | None = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _shrink(img: np.ndarray, longest: int = PANEL_GRID) -> tuple[np.ndarray, int]:
+    """A block-averaged copy whose longer side is at most `longest`, and the factor used.
+
+    Block averaging (not subsampling) keeps thin dark gaps and noise-free levels.
+    """
+    factor = max(1, -(-max(img.shape) // longest))
+    if factor == 1:
+        return img.astype(np.float32), 1
+    h, w = (img.shape[0] // factor) * factor, (img.shape[1] // factor) * factor
+    blocks = img[:h, :w].astype(np.float32).reshape(h // factor, factor, w // factor, factor)
+    return blocks.mean(axis=(1, 3)), factor
+
+
+def _ring(img: np.ndarray, width: int) -> np.ndarray:
+    """The pixels within `width` of the image's border, flattened."""
+    inner = np.ones(img.shape, bool)
+    inner[:width, :] = inner[-width:, :] = inner[:, :width] = inner[:, -width:] = False
+    return img[~inner]
+
+
+def _skew(values: np.ndarray) -> float:
+    """Sample skewness; 0 for a constant array."""
+    values = values.astype(np.float64).ravel()
+    sd = values.std()
+    if sd < 1e-6:
+        return 0.0
+    return float(np.mean(((values - values.mean()) / sd) ** 3))
+
+
+def _percentiles(img: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """Percentiles of an image's gray levels via a 256-bin histogram (no sort: fast)."""
+    levels = np.clip(np.rint(img), 0, 255).astype(np.intp).ravel()
+    cumulative = np.cumsum(np.bincount(levels, minlength=256))
+    ranks = [min(cumulative[-1] - 1, int(q / 100 * cumulative[-1])) for q in qs]
+    return [float(np.searchsorted(cumulative, r, side="right")) for r in ranks]
+
+
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-x)))
+
+
+# --------------------------------------------------------------------------- inversion
+
+
+def inversion_features(img: np.ndarray) -> dict[str, float]:
+    """The statistics the inversion score weighs (exposed for the benchmark and tuning).
+
+    - ``border_minus_centre``: a radiograph's border is mostly black surround, its centre
+      exposed field, so this is negative; a negative's is positive.
+    - ``skew``: bone is a small bright tail above soft tissue (positive skew); inverted,
+      the tail points dark.
+    - ``white_minus_black``: the surround is a large block at one end of the gray scale.
+    """
+    small, _ = _shrink(img, 128)
+    small = small / 255.0
+    h, w = small.shape
+    width = max(2, min(h, w) // 16)
+    centre = small[h // 4 : h - h // 4, w // 4 : w - w // 4]
+    return {
+        "border_minus_centre": float(np.median(_ring(small, width)) - np.median(centre)),
+        "skew": _skew(small),
+        "white_minus_black": float(np.mean(small > 0.9) - np.mean(small < 0.1)),
+    }
+
+
+def detect_inverted(img: np.ndarray) -> Inversion:
+    """Flag a negative: white surround and dark bone (weighs :func:`inversion_features`)."""
+    f = inversion_features(img)
+    logit = 6.0 * f["border_minus_centre"] - 1.5 * f["skew"] + 4.0 * f["white_minus_black"]
+    score = _sigmoid(logit)
+    return Inversion(score >= 0.5, round(score, 4))
+
+
+def fix_inverted(img: np.ndarray) -> np.ndarray:
+    """The positive of a negative (255 - img): bone bright again."""
+    return 255 - img
+
+
+def _upright(img: np.ndarray, inverted: bool | None) -> np.ndarray:
+    """The image with bone bright, detecting polarity when the caller did not say."""
+    if inverted is None:
+        inverted = detect_inverted(img).flag
+    return fix_inverted(img) if inverted else img
+
+
+# ----------------------------------------------------------------------------- markers
+
+
+def _ramp(x: float, zero: float, one: float) -> float:
+    """0 at `zero`, 1 at `one`, linear between (either may be the larger)."""
+    return float(np.clip((x - zero) / (one - zero), 0.0, 1.0))
+
+
+def stroke_map(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of thin bright strokes, white top-hat) of an upright image.
+
+    The top-hat is the image minus its grey opening with a square of STROKE_WIDTH: what
+    stays bright is narrower than that square. Letter strokes (2-4 px at 512 px) stay;
+    bone, casts and plates, all wider, vanish, which is what keeps metal out.
+    """
+    k = STROKE_WIDTH
+    opened = ndimage.maximum_filter(ndimage.minimum_filter(img, size=k), size=k)
+    tophat = img.astype(np.int16) - opened
+    return tophat >= STROKE_CONTRAST, tophat
+
+
+def field_depth(img: np.ndarray) -> tuple[np.ndarray, int]:
+    """Distance (px, on a shrunk grid) from each point to the unexposed surround or the
+    image border, and the grid's factor: small where a marker usually sits."""
+    small, factor = _shrink(img)
+    exposed = np.pad(small > _dark_level(small), 1)
+    return ndimage.distance_transform_edt(exposed)[1:-1, 1:-1] * factor, factor
+
+
+def _stroke_groups(strokes: np.ndarray, gap: int) -> list[tuple[Box, np.ndarray]]:
+    """Connected groups of stroke pixels (letters of one marker within `gap` px merged):
+    each group's tight box and its stroke mask inside that box."""
+    grown = ndimage.maximum_filter(strokes, size=2 * gap + 1)
+    labels, _ = ndimage.label(grown, structure=np.ones((3, 3), bool))
+    groups = []
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        inside = strokes[sl] & (labels[sl] == i)
+        ys, xs = np.nonzero(inside)
+        if len(ys) < MIN_STROKE_PIXELS:
+            continue
+        y0, x0 = sl[0].start + ys.min(), sl[1].start + xs.min()
+        y1, x1 = sl[0].start + ys.max() + 1, sl[1].start + xs.max() + 1
+        box = (int(x0), int(y0), int(x1), int(y1))
+        groups.append(
+            (box, inside[y0 - sl[0].start : y1 - sl[0].start, x0 - sl[1].start : x1 - sl[1].start])
+        )
+    return groups
+
+
+def _elongation(mask: np.ndarray) -> float:
+    """sqrt of the ratio of the principal second moments: 1 for a blob, large for a line,
+    whatever its angle (a box's aspect misses diagonal lines)."""
+    ys, xs = np.nonzero(mask)
+    cov = np.cov(np.stack([xs, ys]).astype(np.float64)) + np.eye(2) * 0.25
+    small, large = np.linalg.eigvalsh(cov)
+    return float(np.sqrt(large / small))
+
+
+def _shape_features(box: Box, mask: np.ndarray, side: int) -> dict[str, float]:
+    """Size, thickness (shorter box side), fill and aspect of a stroke group's box."""
+    x0, y0, x1, y1 = box
+    bw, bh = x1 - x0, y1 - y0
+    return {
+        "size": max(bw, bh) / side,
+        "thickness": min(bw, bh) / side,
+        "fill": float(mask.sum()) / (bw * bh),
+        "aspect": max(bw, bh) / max(1, min(bw, bh)),
+    }
+
+
+def _could_be_marker(f: dict[str, float]) -> bool:
+    """Hard limits: a word of one or two capitals, not a dot, a whole bone or a long line."""
+    return (
+        0.02 <= f["size"] <= 0.13
+        and f["thickness"] >= 0.012
+        and 0.12 <= f["fill"] <= 0.85
+        and f["aspect"] <= 3.0
+    )
+
+
+def _major_pieces(mask: np.ndarray) -> float:
+    """Separate strokes holding at least a tenth of the group's pixels (specks of noise
+    near a letter do not count; each screw of a plate does)."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    return float((sizes >= 0.1 * sizes.sum()).sum())
+
+
+def _look_features(
+    img: np.ndarray,
+    strokes: np.ndarray,
+    tophat: np.ndarray,
+    depth: tuple[np.ndarray, int],
+    box: Box,
+    mask: np.ndarray,
+) -> dict[str, float]:
+    """Pieces (separate strokes: a plate's screws make many), elongation (a lens of
+    overlapping bone is a line, a word is not), contrast (stroke level minus the median
+    around the group), stroke_tophat (how white the strokes are against what lies under
+    them) and edge_distance (how far inside the field)."""
+    h, w = img.shape
+    x0, y0, x1, y1 = box
+    pad = max(3, max(x1 - x0, y1 - y0) // 2)
+    ya, yb, xa, xb = max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad)
+    near = ndimage.maximum_filter(strokes[ya:yb, xa:xb], size=5)
+    around = img[ya:yb, xa:xb][~near]
+    values = img[y0:y1, x0:x1][mask]
+    grid, factor = depth
+    cy = min((y0 + y1) // 2 // factor, grid.shape[0] - 1)
+    cx = min((x0 + x1) // 2 // factor, grid.shape[1] - 1)
+    background = float(np.median(around)) if around.size else 255.0
+    return {
+        "pieces": _major_pieces(mask),
+        "elongation": _elongation(mask),
+        "contrast": float(np.percentile(values, 75)) - background,
+        "stroke_tophat": float(np.median(tophat[y0:y1, x0:x1][mask])),
+        "edge_distance": float(grid[cy, cx]) / max(h, w),
+    }
+
+
+def marker_score(f: dict[str, float]) -> float:
+    """How much a stroke group looks like a lead marker, in [0, 1]: every cue must agree.
+
+    Each soft cue is a ramp whose midpoint is the threshold tuned on the synthetic set
+    (bench/quality_detectors.py).
+    """
+    if not _could_be_marker(f):
+        return 0.0
+    return min(
+        _ramp(f["contrast"], 30, 70),
+        _ramp(f["stroke_tophat"], 40, 60),
+        _ramp(f["pieces"], 3, 2),  # a word of one or two letters, not a ladder of screws
+        _ramp(f["elongation"], 3.4, 2.2),
+        _ramp(f["edge_distance"], 0.18, 0.10),
+    )
+
+
+def marker_candidates(img: np.ndarray) -> list[tuple[Box, dict[str, float], float]]:
+    """Every plausibly shaped stroke group of an upright image: box, features, score."""
+    strokes, tophat = stroke_map(img)
+    if not strokes.any():
+        return []
+    side = max(img.shape)
+    depth = None
+    found = []
+    for box, mask in _stroke_groups(strokes, max(2, round(side * MARKER_GAP))):
+        features = _shape_features(box, mask, side)
+        if not _could_be_marker(features):
+            continue
+        depth = depth or field_depth(img)  # only paid for images with a candidate
+        features.update(_look_features(img, strokes, tophat, depth, box, mask))
+        found.append((box, features, marker_score(features)))
+    return found
+
+
+def detect_markers(img: np.ndarray, *, inverted: bool | None = None) -> Markers:
+    """Find burnt-in letter markers: thin white strokes forming a compact word, on a
+    darker background, near the field's edge.
+
+    `inverted` says whether `img` is a negative (None: detect it), since a negative's
+    markers are black.
+    """
+    candidates = marker_candidates(_upright(img, inverted))
+    boxes = tuple(box for box, _, score in candidates if score >= 0.5)
+    best = max((score for _, _, score in candidates), default=0.0)
+    return Markers(bool(boxes), round(best, 4), boxes)
+
+
+def mask_markers(img: np.ndarray, boxes: Iterable[Box]) -> np.ndarray:
+    """A copy with each box (grown by the strokes' blur) filled with the median of a band
+    around it, i.e. the local background, so no bright letter is left to learn from."""
+    out = img.copy()
+    h, w = img.shape
+    for x0, y0, x1, y1 in boxes:
+        grow = max(2, max(x1 - x0, y1 - y0) // 8)
+        x0, y0, x1, y1 = max(0, x0 - grow), max(0, y0 - grow), min(w, x1 + grow), min(h, y1 + grow)
+        pad = max(3, max(x1 - x0, y1 - y0) // 3)
+        ya, yb, xa, xb = max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad)
+        band = np.ones((yb - ya, xb - xa), bool)
+        band[y0 - ya : y1 - ya, x0 - xa : x1 - xa] = False
+        around = img[ya:yb, xa:xb][band]
+        out[y0:y1, x0:x1] = np.uint8(np.median(around)) if around.size else 0
+    return out
+
+
+# ------------------------------------------------------------------------- multi-panel
+
+
+def _dark_level(small: np.ndarray) -> float:
+    """The gray level below which a pixel counts as unexposed surround: a little above the
+    darkest pixels, and never above UNEXPOSED_LEVEL (surround is near black; a field's
+    own background, however dark, is not a gap between two films)."""
+    lo, hi = _percentiles(small, (1, 75))
+    return min(lo + max(8.0, 0.35 * (hi - lo)), UNEXPOSED_LEVEL)
+
+
+def _gap_along(exposed: np.ndarray) -> tuple[float, int]:
+    """Best vertical gap band in an exposed-field mask: (score, column).
+
+    A real gap has exposed field on both sides (each a fair share of the image) and
+    almost none in it; the score is the weakest of those three cues.
+    """
+    occupancy = ndimage.uniform_filter1d(exposed.mean(axis=0), 3)
+    w = len(occupancy)
+    lo, hi = int(0.15 * w), int(0.85 * w)
+    if hi - lo < 3:
+        return 0.0, 0
+    interior = occupancy[lo:hi]
+    floor = float(interior.min())
+    # the centre of the longest run of emptiest columns, so the cut lands mid-gap
+    emptiest = np.flatnonzero(interior <= floor + 0.02) + lo
+    runs = np.split(emptiest, np.flatnonzero(np.diff(emptiest) > 1) + 1)
+    best = max(runs, key=len)
+    at = int(best[len(best) // 2])
+    left, right = occupancy[:at], occupancy[at + 1 :]
+    if not len(left) or not len(right):
+        return 0.0, at
+    sides = min(float(left.max()), float(right.max()))
+    share = min(float(left.sum()), float(right.sum())) / w
+    return min(_ramp(sides, 0.3, 0.6), _ramp(floor, 0.12, 0.04), _ramp(share, 0.04, 0.1)), at
+
+
+def detect_panels(img: np.ndarray, *, inverted: bool | None = None) -> Panels:
+    """Find two radiographs in one image: a dark band splitting two exposed fields."""
+    small, factor = _shrink(_upright(img, inverted))
+    small = ndimage.uniform_filter(small, 3)  # film noise would speckle the gap
+    exposed = small > _dark_level(small)
+    score_x, at_x = _gap_along(exposed)
+    score_y, at_y = _gap_along(exposed.T)
+    if score_x >= score_y:
+        score, split = score_x, Split("x", at_x * factor + factor // 2)
+    else:
+        score, split = score_y, Split("y", at_y * factor + factor // 2)
+    flag = score >= 0.5
+    return Panels(flag, round(score, 4), split if flag else None)
+
+
+def split_panels(img: np.ndarray, split: Split | None) -> list[np.ndarray]:
+    """The image cut at the split (two views); the whole image when there is no split."""
+    if split is None:
+        return [img]
+    if split.axis == "x":
+        return [img[:, : split.at], img[:, split.at :]]
+    return [img[: split.at], img[split.at :]]
+
+
+def largest_panel(img: np.ndarray, split: Split | None) -> np.ndarray:
+    """The panel with the most exposed field (the main view), for one-view pipelines."""
+    panels = [p for p in split_panels(img, split) if p.size]
+    if len(panels) == 1:
+        return panels[0]
+    level = _dark_level(_shrink(img)[0])
+    return max(panels, key=lambda p: int((p > level).sum()))
+
+
+# ------------------------------------------------------------------------------ fixes
+
+
+def apply_fixes(
+    img: np.ndarray, *, invert: bool, mask_markers: bool, panels: str = "keep"
+) -> np.ndarray:
+    """Run the requested fixes, detecting only what they need, in a safe order.
+
+    Polarity comes first (the other detectors expect bone bright), markers are masked
+    before any cut (their boxes are in full-image coordinates), and ``panels="largest"``
+    keeps the main view of a multi-panel image. Without `invert` the result keeps the
+    input's polarity; with no fix asked for, the input itself comes back.
+    """
+    if panels not in ("keep", "largest"):
+        raise ValueError(f"panels must be 'keep' or 'largest', got {panels!r}")
+    negative = (invert or mask_markers or panels != "keep") and detect_inverted(img).flag
+    work = fix_inverted(img) if negative else img
+    if mask_markers:
+        work = _fill_boxes(work, detect_markers(work, inverted=False).boxes)
+    if panels == "largest":
+        work = largest_panel(work, detect_panels(work, inverted=False).split)
+    return fix_inverted(work) if negative and not invert else work
+
+
+_fill_boxes = mask_markers  # apply_fixes's `mask_markers` argument shadows the function
+
+
+# ------------------------------------------------------------------- technical checks
+
+
+def technical_problems(img: np.ndarray) -> list[str]:
+    """Problems that make an image useless whatever its content: too small or blank."""
+    problems = []
+    h, w = img.shape
+    if min(h, w) < MIN_SIDE:
+        problems.append(f"tiny: {w}x{h} px (under {MIN_SIDE} px a side)")
+    lo, hi = np.percentile(img, [1, 99]) if img.size else (0, 0)
+    if hi - lo < BLANK_RANGE:
+        problems.append(f"blank: pixel values span only {int(hi - lo)} gray levels")
+    return problems
+
+
+def pixel_hash(img: np.ndarray) -> str:
+    """sha1 of the pixels and shape: equal for the same picture saved in any container."""
+    digest = hashlib.sha1(f"{img.shape}".encode())
+    digest.update(np.ascontiguousarray(img).tobytes())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------ audit
+
+LEADING_COLUMNS = (
+    "image",
+    "inverted",
+    "inverted_score",
+    "marker",
+    "marker_score",
+    "multi_panel",
+    "multi_panel_score",
+    "problems",
+)
+EXTRA_COLUMNS = ("marker_boxes", "panel_split", "part", "split", "label", "width", "height")
+PROBLEM_KINDS = ("undecodable", "tiny", "blank", "duplicate")
+FLAGS = ("inverted", "marker", "multi_panel")
+
+
+@dataclass
+class ImageCheck:
+    """Everything the audit learnt about one image (one row of audit.csv)."""
+
+    rel: str
+    part: str
+    split: str = ""
+    label: int = 0
+    path: str = ""
+    width: int = 0
+    height: int = 0
+    inverted: Inversion = Inversion(False, 0.0)
+    markers: Markers = Markers(False, 0.0)
+    panels: Panels = Panels(False, 0.0)
+    problems: list[str] = field(default_factory=list)
+    digest: str = ""
+
+    def _detection(self, name: str) -> Inversion | Markers | Panels | None:
+        detections = {"inverted": self.inverted, "marker": self.markers}
+        detections["multi_panel"] = self.panels
+        return detections.get(name)
+
+    def flagged(self, name: str) -> bool:
+        """Whether this image carries a flag (inverted/marker/multi_panel) or a problem kind."""
+        found = self._detection(name)
+        if found is not None:
+            return found.flag
+        return any(p.startswith(name) for p in self.problems)
+
+    def score(self, name: str) -> float | None:
+        """A detector's score for a flag name; None for technical problem kinds."""
+        found = self._detection(name)
+        return None if found is None else found.score
+
+    def row(self) -> dict[str, str]:
+        return {
+            "image": self.rel,
+            "inverted": str(int(self.inverted.flag)),
+            "inverted_score": f"{self.inverted.score:.4f}",
+            "marker": str(int(self.markers.flag)),
+            "marker_score": f"{self.markers.score:.4f}",
+            "multi_panel": str(int(self.panels.flag)),
+            "multi_panel_score": f"{self.panels.score:.4f}",
+            "problems": "; ".join(self.problems),
+            "marker_boxes": ";".join(" ".join(map(str, b)) for b in self.markers.boxes),
+            "panel_split": str(self.panels.split) if self.panels.split else "",
+            "part": self.part,
+            "split": self.split,
+            "label": str(self.label),
+            "width": str(self.width),
+            "height": str(self.height),
+        }
+
+
+def check_image(img: np.ndarray) -> tuple[Inversion, Markers, Panels, list[str]]:
+    """All content checks on one decoded image (the detectors skip tiny or blank ones)."""
+    problems = technical_problems(img)
+    if problems:
+        return Inversion(False, 0.0), Markers(False, 0.0), Panels(False, 0.0), problems
+    inversion = detect_inverted(img)
+    upright = fix_inverted(img) if inversion.flag else img
+    markers = detect_markers(upright, inverted=False)
+    panels = detect_panels(upright, inverted=False)
+    return inversion, markers, panels, problems
+
+
+def _check_record(rec: ImageRecord) -> ImageCheck:
+    """Decode one file and run every check; a bad file becomes an 'undecodable' problem."""
+    check = ImageCheck(rec.rel, rec.part, rec.split, rec.label, str(rec.path))
+    try:
+        img = read_grayscale(rec.path)
+    except BadImageError as err:
+        check.problems.append(f"undecodable: {err.problem}")
+        return check
+    check.height, check.width = img.shape
+    check.digest = pixel_hash(img)
+    check.inverted, check.markers, check.panels, check.problems = check_image(img)
+    return check
+
+
+def _mark_duplicates(checks: Sequence[ImageCheck]) -> None:
+    """Add 'duplicate of <rel>' to every image whose pixels equal an earlier one's."""
+    first: dict[str, str] = {}
+    for check in checks:
+        if not check.digest:
+            continue
+        original = first.setdefault(check.digest, check.rel)
+        if original != check.rel:
+            check.problems.append(f"duplicate of {original}")
+
+
+@dataclass
+class AuditResult:
+    """What :func:`audit` found: per-image checks, per-part counts and the files written."""
+
+    checks: list[ImageCheck]
+    summary: dict[str, dict[str, int]]  # part (and "TOTAL") -> {"images", flag/problem: count}
+    csv_path: Path
+    html_path: Path
+
+
+def summarize(checks: Iterable[ImageCheck]) -> dict[str, dict[str, int]]:
+    """Counts of each flag and problem kind per body part, parts sorted, TOTAL last."""
+    counts: dict[str, Counter] = {}
+    for check in checks:
+        for part in (check.part, "TOTAL"):
+            c = counts.setdefault(part, Counter())
+            c["images"] += 1
+            for name in FLAGS + PROBLEM_KINDS:
+                c[name] += check.flagged(name)
+    order = sorted(p for p in counts if p != "TOTAL") + (["TOTAL"] if counts else [])
+    keys = ("images",) + FLAGS + PROBLEM_KINDS
+    return {part: {k: int(counts[part][k]) for k in keys} for part in order}
+
+
+def write_audit_csv(path: Path, checks: Sequence[ImageCheck]) -> None:
+    """One row per image, the leading columns first (the CLI and lead's tools read them)."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LEADING_COLUMNS + EXTRA_COLUMNS)
+        writer.writeheader()
+        for check in checks:
+            writer.writerow(check.row())
+
+
+def run_checks(
+    images: Sequence[ImageRecord],
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[ImageCheck]:
+    """Check every image, in parallel processes, keeping the input order."""
+    workers = workers or os.cpu_count() or 1
+    total = len(images)
+    pool = ProcessPoolExecutor(workers) if workers > 1 and total >= 32 else None
+    results = pool.map(_check_record, images, chunksize=16) if pool else map(_check_record, images)
+    checks = []
+    try:
+        for check in results:
+            checks.append(check)
+            if progress:
+                progress(len(checks), total)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    _mark_duplicates(checks)
+    return checks
+
+
+def audit(
+    index_images: Sequence[ImageRecord],
+    out_dir: Path,
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditResult:
+    """Check every image, write out_dir/audit.csv and out_dir/audit.html, count per part.
+
+    `progress(done, total)` is called after each image.
+    """
+    from murakit.report.audit_page import write_audit_page
+
+    out_dir = Path(out_dir)
+    checks = run_checks(index_images, workers, progress)
+    csv_path, html_path = out_dir / "audit.csv", out_dir / "audit.html"
+    write_audit_csv(csv_path, checks)
+    summary = summarize(checks)
+    write_audit_page(html_path, checks, summary)
+    return AuditResult(checks, summary, csv_path, html_path)

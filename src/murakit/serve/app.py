@@ -1,0 +1,464 @@
+"""The web app: upload the images of one study, get its probability and a heat map per image.
+
+Uploads are untrusted, so every limit is checked before work is spent on a file: the body size
+(before parsing), the number of files, each file's size, its type by content (PNG, JPEG or
+DICOM magic bytes; the name proves nothing), and its pixel count from the header (a 50 kB PNG
+can claim 20000 x 20000 pixels). Files are processed in memory; the multipart parser spools
+large parts to anonymous temporary files that vanish when the request ends. Every error is JSON
+``{"detail": "<plain words naming the file>"}``.
+
+The models are loaded once and shared read-only by all requests; inference runs under a lock
+because torch already uses every core for one batch, and decoding happens outside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from murakit.data.dataset import apply_config_fixes
+from murakit.data.imageio import BadImageError, read_grayscale_bytes
+from murakit.data.index import BODY_PARTS
+from murakit.evaluate.ensemble import LoadedModels, load_models
+from murakit.predict import cam_overlay, image_probabilities, label_of, model_threshold
+from murakit.train.device import Runtime, make_runtime
+
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_FILES = 11  # MURA's largest study
+MAX_BYTES = 20 * 2**20
+MAX_PIXELS = 40_000_000  # a large digital radiograph is ~4300 x 3500 = 15 MP
+MAX_OVERLAY_SIDE = 1024  # heat maps are sent as PNG in JSON; bigger adds bytes, not insight
+_NAME_LIMIT = 80
+# The page's own policy: nothing from outside this server (no CDN, no external fonts).
+_PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+# ------------------------------------------------------------------------------ schema
+
+
+class ImageResult(BaseModel):
+    name: str = Field(description="The uploaded file's name.")
+    probability: float = Field(description="P(abnormal) of this image, mean over members.")
+    label: Literal["abnormal", "normal"] = Field(description="probability >= threshold")
+    cam_png_base64: str | None = Field(
+        None,
+        description="Class activation map over the image as a base64 PNG (red: evidence for "
+        "abnormal); null when cam=false.",
+    )
+
+
+class PredictResponse(BaseModel):
+    study_probability: float = Field(
+        description="P(abnormal) of the study: the mean of its images' probabilities."
+    )
+    label: Literal["abnormal", "normal"] = Field(description="study_probability >= threshold")
+    threshold: float = Field(description="Decision threshold stored with the model (0.5).")
+    part: str | None = Field(description="Body part as given, or null.")
+    images: list[ImageResult]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    model: str = Field(description="Name of the model folder (a run or an ensemble).")
+    members: int = Field(description="Number of networks averaged.")
+    size: int = Field(description="Input size the networks were trained at, in pixels.")
+    arch: str
+    threshold: float
+    backend: str
+    max_files: int
+    max_bytes: int
+    parts: list[str] = Field(description="Accepted values of the `part` field.")
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="What went wrong, in plain words, naming the file.")
+
+
+# ------------------------------------------------------------------------------ state
+
+
+@dataclass
+class _Service:
+    loaded: LoadedModels
+    runtime: Runtime
+    threshold: float
+    backend: str
+    onnx_path: Path | None
+    cam_size: int
+    max_files: int
+    max_bytes: int
+    max_pixels: int
+    lock: threading.Lock
+
+
+class _BodyLimit:
+    """Refuse an upload whose body exceeds `limit` bytes before it is parsed or spooled: by its
+    Content-Length when sent, else by counting as it streams in."""
+
+    def __init__(self, app: ASGIApp, limit: int, paths: tuple[str, ...]) -> None:
+        self.app = app
+        self.limit = limit
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        message = (
+            f"request body is larger than {_mb(self.limit)} "
+            f"(at most {_mb(self.limit)} in all per request)"
+        )
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, message)
+            return msg
+
+        await self.app(scope, counting_receive, send)
+
+
+def _mb(n: int) -> str:
+    if n >= 2**20:
+        return f"{n / 2**20:.3g} MB"
+    return f"{n / 2**10:.3g} kB" if n >= 2**10 else f"{n} bytes"
+
+
+# ------------------------------------------------------------------------------ app
+
+
+def create_app(
+    model_dir: Path,
+    *,
+    max_files: int = MAX_FILES,
+    max_bytes: int = MAX_BYTES,
+    max_pixels: int = MAX_PIXELS,
+    device: str = "auto",
+    backend: str = "torch",
+    onnx_path: Path | None = None,
+    cam_size: int = 0,
+    loaded: LoadedModels | None = None,
+) -> FastAPI:
+    """The FastAPI app serving the model in `model_dir` (a run or an ensemble folder).
+
+    `max_files`, `max_bytes` (per file) and `max_pixels` (per image, checked from the header)
+    bound what one request may cost. `backend` "onnx" runs the exported graph (see
+    :mod:`murakit.export`); CAM overlays always use the torch models.
+    """
+    loaded = loaded or load_models(Path(model_dir))
+    runtime = make_runtime(device)
+    service = _Service(
+        loaded=loaded,
+        runtime=runtime,
+        threshold=model_threshold(loaded),
+        backend=backend,
+        onnx_path=onnx_path,
+        cam_size=cam_size,
+        max_files=max_files,
+        max_bytes=max_bytes,
+        max_pixels=max_pixels,
+        lock=threading.Lock(),
+    )
+    if backend == "onnx":  # fail at start-up, not at the first request
+        from murakit.predict import onnx_file, onnx_session
+
+        onnx_session(onnx_file(loaded, onnx_path))
+
+    app = FastAPI(
+        title="murakit",
+        summary="Abnormality of musculoskeletal radiograph studies (MURA-trained DenseNets).",
+        description=(
+            "Upload the images of one study (1 to 11 PNG, JPEG or DICOM files) to get the "
+            "probability that the study is abnormal and a class activation map per image. "
+            "Research software, not a medical device."
+        ),
+        version="1",
+    )
+    app.state.service = service
+    # Multipart framing and the small form fields need a little room beyond the files.
+    app.add_middleware(_BodyLimit, limit=max_files * max_bytes + 2**16, paths=("/api/predict",))
+    _install_error_handlers(app)
+
+    @app.middleware("http")
+    async def page_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        if request.url.path == "/" or request.url.path.startswith("/static/"):
+            response.headers["Content-Security-Policy"] = _PAGE_CSP
+            response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/health", response_model=HealthResponse, summary="Model and limits")
+    def health() -> HealthResponse:
+        """Whether the server is up, which model it serves and the upload limits."""
+        return HealthResponse(
+            status="ok",
+            model=Path(loaded.source).name,
+            members=len(loaded.models),
+            size=int(loaded.config.size),
+            arch=loaded.config.arch,
+            threshold=service.threshold,
+            backend=service.backend,
+            max_files=max_files,
+            max_bytes=max_bytes,
+            parts=list(BODY_PARTS),
+        )
+
+    error_responses = {
+        code: {"model": ErrorResponse, "description": text}
+        for code, text in {
+            400: "No files, an empty file, or an unknown body part.",
+            413: "Too many files, a file too large, or an image with too many pixels.",
+            415: "A file that is not a PNG, JPEG or DICOM image (judged by content).",
+            422: "A damaged image file, or malformed form fields.",
+        }.items()
+    }
+
+    @app.post(
+        "/api/predict",
+        response_model=PredictResponse,
+        summary="Predict one study",
+        description=(
+            f"Multipart form: `files`, 1 to {max_files} images of ONE study (PNG, JPEG or "
+            f"DICOM, judged by content, at most {_mb(max_bytes)} and "
+            f"{max_pixels / 1e6:g} megapixels each); optional `part` (one of "
+            f"{', '.join(BODY_PARTS)}); optional `cam` (default true) for heat maps. The "
+            "study probability is the mean of the images' probabilities, each the mean over "
+            "the ensemble's members."
+        ),
+        responses=error_responses,
+    )
+    async def predict(
+        files: list[UploadFile] | None = File(
+            None, description="The study's images (repeat the field for each file)."
+        ),
+        part: str | None = Form(None, description="Body part, e.g. XR_WRIST (optional)."),
+        cam: bool = Form(True, description="Also return a CAM overlay per image."),
+    ) -> PredictResponse:
+        files = files or []
+        if not files:
+            raise HTTPException(
+                400, f"no files uploaded: send 1 to {max_files} images of one study as 'files'"
+            )
+        if len(files) > max_files:
+            raise HTTPException(
+                413,
+                f"{len(files)} files uploaded; at most {max_files} images of one study are "
+                "accepted per request",
+            )
+        part = _check_part(part)
+        uploads = [
+            (_display_name(f.filename, i), await _read_limited(f, i, max_bytes))
+            for i, f in enumerate(files)
+        ]
+        return await run_in_threadpool(_predict_uploads, service, uploads, part, cam)
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error is {"detail": "<text>"}, also validation errors and crashes."""
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg"))
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def crash(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}); see the server log"},
+            status_code=500,
+        )
+
+
+def _display_name(filename: str | None, index: int) -> str:
+    """The base name of an upload, for messages (browsers send names only, curl may not)."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    name = "".join(ch for ch in name if ch.isprintable()) or f"file {index + 1}"
+    return name if len(name) <= _NAME_LIMIT else name[: _NAME_LIMIT - 3] + "..."
+
+
+def _check_part(part: str | None) -> str | None:
+    if part is None or not part.strip():
+        return None
+    value = part.strip().upper()
+    if not value.startswith("XR_"):
+        value = "XR_" + value
+    if value not in BODY_PARTS:
+        raise HTTPException(
+            400, f"unknown body part {part!r}; choose one of: {', '.join(BODY_PARTS)}"
+        )
+    return value
+
+
+async def _read_limited(upload: UploadFile, index: int, max_bytes: int) -> bytes:
+    name = _display_name(upload.filename, index)
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise HTTPException(413, f"{name} is larger than the {_mb(max_bytes)} limit per file")
+    if not data:
+        raise HTTPException(400, f"{name} is empty (0 bytes)")
+    return data
+
+
+def _content_type(data: bytes) -> str | None:
+    """PNG, JPEG or DICOM from the first bytes; None for anything else."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[128:132] == b"DICM":
+        return "DICOM"
+    # DICOM without its 128-byte preamble starts with a group 0002 or 0008 element.
+    if data[:2] in (b"\x02\x00", b"\x08\x00") and len(data) >= 8:
+        return "DICOM"
+    return None
+
+
+def _decode(service: _Service, name: str, data: bytes) -> np.ndarray:
+    if _content_type(data) is None:
+        head = data[:16]
+        is_text = all(b >= 32 or b in b"\t\n\r" for b in head)
+        what = "text" if is_text else "another kind of file"
+        raise HTTPException(
+            415, f"{name} is not a PNG, JPEG or DICOM image (its content is {what})"
+        )
+    try:
+        image = read_grayscale_bytes(data, name, max_pixels=service.max_pixels)
+    except BadImageError as err:
+        status = 413 if "decompression bomb" in err.problem else 422
+        raise HTTPException(status, str(err)) from None
+    return apply_config_fixes(image, service.loaded.config)
+
+
+def _predict_uploads(
+    service: _Service, uploads: list[tuple[str, bytes]], part: str | None, cam: bool
+) -> PredictResponse:
+    images = [_decode(service, name, data) for name, data in uploads]
+    with service.lock:
+        probs = image_probabilities(
+            service.loaded,
+            images,
+            service.runtime,
+            backend=service.backend,
+            onnx_path=service.onnx_path,
+        )
+        overlays = [
+            _png_base64(
+                cam_overlay(service.loaded, img, float(p), caption=name, size=service.cam_size)
+            )
+            if cam
+            else None
+            for (name, _), img, p in zip(uploads, images, probs, strict=True)
+        ]
+    study = float(np.mean(probs))
+    return PredictResponse(
+        study_probability=study,
+        label=label_of(study, service.threshold),
+        threshold=service.threshold,
+        part=part,
+        images=[
+            ImageResult(
+                name=name,
+                probability=float(p),
+                label=label_of(float(p), service.threshold),
+                cam_png_base64=png,
+            )
+            for (name, _), p, png in zip(uploads, probs, overlays, strict=True)
+        ],
+    )
+
+
+def _png_base64(picture) -> str:
+    if max(picture.size) > MAX_OVERLAY_SIDE:
+        picture = picture.copy()
+        picture.thumbnail((MAX_OVERLAY_SIDE, MAX_OVERLAY_SIDE))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=3)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def run(
+    model_dir: Path, host: str = "127.0.0.1", port: int = 8000, **options
+) -> None:  # pragma: no cover - blocks until interrupted
+    """Serve `model_dir` with uvicorn until interrupted; `options` go to :func:`create_app`."""
+    import uvicorn
+
+    uvicorn.run(create_app(Path(model_dir), **options), host=host, port=port, log_level="info")
+
+
+@contextlib.contextmanager
+def running_server(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0
+) -> Iterator[str]:
+    """Run `app` with a real uvicorn server in a background thread; yields its base URL.
+
+    Port 0 takes a free port (the socket is bound here, so there is no race for it). Used by
+    the tests and the latency benchmark.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -1,0 +1,307 @@
+"""Quality checks: detectors against the synthetic truth, the fixes, and the audit's files.
+
+Detectors are scored on a small synthetic set written as real PNGs (its synth_truth.csv
+says which images are inverted, carry a marker or hold two radiographs); fixes and edge
+cases use radiographs drawn here, where every pixel is known.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from murakit.data import quality as q
+from murakit.data.index import load_index
+from murakit.data.synth import generate
+
+# --------------------------------------------------------------------- synthetic set
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    """40 synthetic studies (~100 images), checked once: (root, truth rows, records, checks)."""
+    out = tmp_path_factory.mktemp("quality-synth")
+    generate(out, studies=40, seed=0, workers=2)
+    with open(out / "synth_truth.csv", newline="", encoding="utf-8") as handle:
+        truth = {row["image"]: row for row in csv.DictReader(handle)}
+    records = load_index(out / "MURA-v1.1").images
+    checks = q.run_checks(records, workers=2)
+    return out, truth, records, checks
+
+
+def _precision_recall(checks, truth, name):
+    pairs = [(c.flagged(name), truth[c.rel][name] == "1") for c in checks]
+    tp = sum(p and t for p, t in pairs)
+    predicted, actual = sum(p for p, _ in pairs), sum(t for _, t in pairs)
+    assert actual > 0, f"the synthetic set has no {name} images to test on"
+    return tp / max(predicted, 1), tp / actual
+
+
+@pytest.mark.parametrize(
+    ("name", "minimum"), [("inverted", 0.95), ("marker", 0.8), ("multi_panel", 0.8)]
+)
+def test_detectors_agree_with_synthetic_truth(synth, name, minimum):
+    _, truth, _, checks = synth
+    precision, recall = _precision_recall(checks, truth, name)
+    assert precision >= minimum and recall >= minimum, (name, precision, recall)
+
+
+def test_panel_split_lands_in_the_gap(synth):
+    _, truth, _, checks = synth
+    found = [
+        (c, int(truth[c.rel]["panel_split"]))
+        for c in checks
+        if c.panels.flag and truth[c.rel]["panel_split"]
+    ]
+    assert found
+    for check, at in found:
+        assert check.panels.split.axis == "x"
+        assert abs(check.panels.split.at - at) <= 0.05 * check.width, check.rel
+
+
+def test_marker_boxes_overlap_the_true_letters(synth):
+    _, truth, _, checks = synth
+    hits = total = 0
+    for check in checks:
+        row = truth[check.rel]
+        if row["marker"] != "1":
+            continue
+        x0, y0, x1, y1 = (float(v) for v in row["marker_box"].split())
+        total += 1
+        hits += any(
+            bx0 < x1 and x0 < bx1 and by0 < y1 and y0 < by1
+            for bx0, by0, bx1, by1 in check.markers.boxes
+        )
+    assert hits >= 0.8 * total
+
+
+def test_scores_lie_in_unit_interval_and_match_flags(synth):
+    for check in synth[3]:
+        for result in (check.inverted, check.markers, check.panels):
+            assert 0.0 <= result.score <= 1.0
+            assert result.flag == (result.score >= 0.5)
+
+
+# ------------------------------------------------------------------ drawn radiographs
+
+
+def _radiograph(
+    *, w=360, h=480, letter=None, hardware=False, two_fields=False, seed=0
+) -> np.ndarray:
+    """A radiograph drawn by hand: black surround, lighter field(s), a bright long bone
+    with a darker canal; optionally a lead letter by a corner, or a plate with screws."""
+    im = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(im)
+    fields = (
+        [(12, 20, w // 2 - 10, h - 20), (w // 2 + 10, 20, w - 12, h - 20)]
+        if two_fields
+        else [(30, 25, w - 30, h - 25)]
+    )
+    for x0, y0, x1, y1 in fields:
+        draw.rectangle((x0, y0, x1, y1), fill=60)
+        cx = (x0 + x1) // 2
+        draw.ellipse((cx - 45, y0 + 30, cx + 45, y1 - 30), fill=95)  # soft tissue
+        draw.rounded_rectangle((cx - 16, y0 + 50, cx + 16, y1 - 50), 12, fill=185)
+        draw.rectangle((cx - 6, y0 + 80, cx + 6, y1 - 80), fill=140)  # medullary canal
+        if hardware:
+            cy = (y0 + y1) // 2
+            draw.rectangle((cx + 14, cy - 70, cx + 24, cy + 70), fill=252)  # plate
+            for dy in range(-55, 56, 22):
+                draw.rectangle((cx - 20, cy + dy - 2, cx + 24, cy + dy + 2), fill=250)
+    if letter:
+        x0, y0 = fields[0][:2]
+        font = ImageFont.load_default(size=30)
+        draw.text((x0 + 22, y0 + 18), letter, fill=250, font=font)
+    pixels = np.asarray(im, np.float32)
+    pixels += np.random.default_rng(seed).normal(0, 2.5, pixels.shape)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def _letter_box(img_with: np.ndarray, img_without: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(np.abs(img_with.astype(int) - img_without.astype(int)) > 60)
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+def test_fix_inverted_restores_polarity():
+    img = _radiograph()
+    negative = 255 - img
+    assert not q.detect_inverted(img).flag
+    assert q.detect_inverted(negative).flag
+    fixed = q.fix_inverted(negative)
+    assert np.array_equal(fixed, img)
+    assert not q.detect_inverted(fixed).flag
+
+
+def test_marker_found_and_masked():
+    plain, marked = _radiograph(), _radiograph(letter="R")
+    assert not q.detect_markers(plain).flag
+    found = q.detect_markers(marked)
+    assert found.flag and len(found.boxes) == 1
+    x0, y0, x1, y1 = _letter_box(marked, plain)
+    bx0, by0, bx1, by1 = found.boxes[0]
+    assert bx0 <= x1 and x0 <= bx1 and by0 <= y1 and y0 <= by1  # the box is on the letter
+
+    masked = q.mask_markers(marked, found.boxes)
+    assert masked[y0:y1, x0:x1].max() < 120  # no bright stroke left, only field background
+    assert not q.detect_markers(masked).flag
+    outside = np.ones(marked.shape, bool)
+    outside[y0 - 12 : y1 + 12, x0 - 12 : x1 + 12] = False
+    assert np.array_equal(masked[outside], marked[outside])  # nothing else touched
+
+
+def test_marker_found_on_a_negative():
+    marked = _radiograph(letter="L")
+    assert q.detect_markers(255 - marked).boxes == q.detect_markers(marked).boxes
+
+
+def test_metal_hardware_is_not_a_marker():
+    assert not q.detect_markers(_radiograph(hardware=True)).flag
+
+
+def test_split_panels_gives_two_images():
+    img = _radiograph(two_fields=True)
+    found = q.detect_panels(img)
+    assert found.flag and found.split.axis == "x"
+    assert abs(found.split.at - img.shape[1] // 2) <= 10
+    left, right = q.split_panels(img, found.split)
+    assert left.shape[0] == right.shape[0] == img.shape[0]
+    assert left.shape[1] + right.shape[1] == img.shape[1]
+    assert not q.detect_panels(_radiograph()).flag
+    assert len(q.split_panels(img, None)) == 1
+
+
+def test_largest_panel_keeps_the_bigger_field():
+    img = _radiograph(two_fields=True)
+    img[:, img.shape[1] // 2 :][img[:, img.shape[1] // 2 :] > 30] = 30  # fade the right film
+    split = q.Split("x", img.shape[1] // 2)
+    assert np.array_equal(q.largest_panel(img, split), img[:, : img.shape[1] // 2])
+
+
+def test_split_round_trips_through_text():
+    assert q.Split.parse(str(q.Split("y", 140))) == q.Split("y", 140)
+    assert q.Split.parse("") is None
+    with pytest.raises(ValueError):
+        q.Split.parse("z=3")
+
+
+def test_apply_fixes_runs_each_requested_fix():
+    img = 255 - _radiograph(letter="R", two_fields=True)
+    untouched = q.apply_fixes(img, invert=False, mask_markers=False)
+    assert untouched is img
+
+    fixed = q.apply_fixes(img, invert=True, mask_markers=True, panels="largest")
+    assert not q.detect_inverted(fixed).flag
+    assert fixed.shape[1] < img.shape[1]
+    assert not q.detect_markers(fixed, inverted=False).flag
+
+    masked_only = q.apply_fixes(img, invert=False, mask_markers=True)
+    assert masked_only.shape == img.shape
+    assert q.detect_inverted(masked_only).flag  # polarity kept when not asked to fix it
+    assert not q.detect_markers(masked_only).flag
+    with pytest.raises(ValueError, match="panels"):
+        q.apply_fixes(img, invert=True, mask_markers=False, panels="all")
+
+
+def test_technical_problems_tiny_and_blank():
+    assert q.technical_problems(_radiograph()) == []
+    assert q.technical_problems(np.full((40, 300), 90, np.uint8))[0].startswith("tiny")
+    problems = q.technical_problems(np.full((200, 200), 7, np.uint8))
+    assert [p.split(":")[0] for p in problems] == ["blank"]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (10, 300), (70, 90)])
+def test_fixes_survive_degenerate_images(shape):
+    img = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
+    out = q.apply_fixes(img, invert=True, mask_markers=True, panels="largest")
+    assert out.dtype == np.uint8 and out.ndim == 2 and out.size > 0
+
+
+# ------------------------------------------------------------------------------ audit
+
+
+def _audit_records(synth, tmp_path):
+    """A few images of each kind from the synthetic set, plus a zero-byte file, a copy of
+    an image under another name, and a file whose path needs HTML escaping."""
+    _, truth, records, checks = synth
+    by_rel = {c.rel: c for c in checks}
+    picked = []
+    for name in ("inverted", "marker", "multi_panel"):
+        picked += [r for r in records if by_rel[r.rel].flagged(name)][:3]
+    picked += [r for r in records if r not in picked][:4]
+    original = picked[0]
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    copy = tmp_path / "copy.png"
+    shutil.copyfile(original.path, copy)
+    odd = tmp_path / "odd.png"
+    odd.write_bytes(b"<html>not an image</html>")
+    extra = [
+        replace(original, path=empty, rel=original.rel.replace("image", "empty")),
+        replace(original, path=copy, rel=original.rel.replace("image", "copy")),
+        replace(original, path=odd, rel="MURA-v1.1/train/XR_HAND/<b>&amp;/image1.png"),
+    ]
+    return picked + extra, original
+
+
+def test_audit_writes_csv_and_page(synth, tmp_path):
+    records, original = _audit_records(synth, tmp_path)
+    result = q.audit(records, tmp_path / "audit", workers=2)
+
+    with open(result.csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames[:8]) == q.LEADING_COLUMNS
+        rows = {row["image"]: row for row in reader}
+    assert list(rows) == [r.rel for r in records]
+    empty_rel, copy_rel, odd_rel = (r.rel for r in records[-3:])
+    assert rows[empty_rel]["problems"].startswith("undecodable: file is empty")
+    assert rows[copy_rel]["problems"] == f"duplicate of {original.rel}"
+    assert rows[odd_rel]["problems"].startswith("undecodable")
+    for row in rows.values():
+        assert row["inverted"] in ("0", "1") and 0 <= float(row["marker_score"]) <= 1
+    flagged = [rel for rel, row in rows.items() if row["marker"] == "1"]
+    assert flagged and all(rows[rel]["marker_boxes"] for rel in flagged)
+
+    total = result.summary["TOTAL"]
+    assert total["images"] == len(records)
+    assert total["undecodable"] == 2 and total["duplicate"] == 1
+    assert total["inverted"] == sum(row["inverted"] == "1" for row in rows.values())
+    assert list(result.summary)[-1] == "TOTAL"
+
+    page = result.html_path.read_text(encoding="utf-8")
+    for rel, row in rows.items():
+        if row["inverted"] == "1" or row["multi_panel"] == "1" or row["problems"]:
+            assert html.escape(rel) in page
+    assert "<b>&amp;" not in page and html.escape(odd_rel) in page
+    assert "data:image/png;base64," in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_audit_page_caps_thumbnails_per_group(synth, tmp_path):
+    checks = [c for c in synth[3] if c.markers.flag]
+    assert len(checks) > 2
+    from murakit.report.audit_page import render_audit_page
+
+    page = render_audit_page(checks, q.summarize(checks), per_group=2)
+    section = page.split('<section id="marker">')[1].split("</section>")[0]
+    assert section.count("<figure>") == 2
+    assert f"and {len(checks) - 2:,} more" in section
+
+
+def test_thumbnail_is_small_and_marks_boxes(synth):
+    from murakit.report.audit_page import THUMB_SIDE, thumbnail
+
+    check = next(c for c in synth[3] if c.markers.flag)
+    uri = thumbnail(check)
+    assert uri.startswith("data:image/png;base64,")
+    pic = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")
+    assert max(pic.size) == THUMB_SIDE
+    rgb = np.asarray(pic).astype(int)
+    assert ((rgb[..., 0] > 200) & (rgb[..., 1] < 120)).any()  # a red marker box is drawn
