@@ -26,8 +26,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 RootArg = Annotated[
     Path, typer.Argument(help="Dataset folder holding MURA's CSVs (e.g. MURA-v1.1/).")

@@ -82,13 +82,27 @@ _PathLike = str | os.PathLike
 class BadImageError(ValueError):
     """A file murakit cannot use as an image; ``str()`` reads ``"<path>: <problem>"``."""
 
-    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+    def __init__(self, path: str | os.PathLike, problem: str | None = None) -> None:
+        if problem is None:
+            # DataLoader workers re-raise as ``type(err)(traceback_text)``: recover the
+            # "<path>: <problem>" line so the main process still names the file.
+            path, problem = _split_worker_message(str(path))
         super().__init__(str(path), problem)  # both in args, so it pickles across processes
         self.path = str(path)
         self.problem = problem
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
+
+
+def _split_worker_message(text: str) -> tuple[str, str]:
+    """("<path>", "<problem>") from a worker's traceback text ending in
+    "BadImageError: <path>: <problem>"."""
+    marker = "BadImageError: "
+    lines = [line for line in text.splitlines() if marker in line]
+    message = lines[-1].split(marker, 1)[1] if lines else text.strip().splitlines()[-1]
+    path, _, problem = message.partition(": ")
+    return path, problem or "unreadable image"
 
 
 # --------------------------------------------------------------------------- public API

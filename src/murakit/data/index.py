@@ -127,7 +127,7 @@ def _load_split(root: Path, split: str, bad, allow_unknown_parts: bool) -> list[
     if image_csv.exists():
         rows = [(f"{image_csv}, line {n}", p) for n, p in _read_image_list(image_csv)]
     else:
-        rows = [(str(root / p), p) for p in _walk_tree(root, split)]
+        rows = [(str(_resolve(root, p)), p) for p in _walk_tree(root, split)]
 
     records: list[ImageRecord] = []
     seen: set[str] = set()
@@ -199,7 +199,7 @@ def _read_study_labels(root: Path, path: Path, bad) -> dict[str, int]:
             continue
         study, raw = parts
         if raw not in ("0", "1"):
-            if number == 1 and not raw.lstrip("-").isdigit():
+            if number == 1 and "/" not in study:
                 continue  # a header row such as "study,label"
             bad(f"{path}, line {number}: label must be 0 or 1, got {raw!r} for {study!r}")
             continue
