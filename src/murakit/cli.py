@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -265,6 +266,8 @@ def _run_training(start):
 
 
 def _report_run(result) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     if result.history:
         console.print(
             f"best epoch {result.best_epoch} (val loss {result.best_val_loss:.4f}); "
@@ -728,6 +731,45 @@ def serve(
         )
     except ModelDirError as err:
         fail(str(err))
+
+
+@app.command()
+def cache(
+    root: RootArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder.")],
+    size: Annotated[int, typer.Option(help="Square size the images are stored at.")] = 224,
+    workers: Annotated[int, typer.Option(help="Decoding processes (0 = all cores).")] = 0,
+    verify: Annotated[
+        bool, typer.Option(help="Check every row of an existing cache against its checksum.")
+    ] = False,
+) -> None:
+    """Decode, pad and resize every image once into a memory-mapped store; `train --cache`
+    then reads it (stale or corrupt caches are detected and rebuilt)."""
+    from murakit.data.cache import StaleCacheError, ensure_cache, verify_cache
+    from murakit.data.index import DatasetError, load_index
+
+    if verify:
+        try:
+            rows = verify_cache(out, size)
+        except (StaleCacheError, FileNotFoundError) as err:
+            fail(str(err))
+        console.print(f"{out}: all {rows} rows match their checksums")
+        return
+    try:
+        index = load_index(root)
+    except DatasetError as err:
+        fail(str(err))
+    with progress_bar(console=err_console) as bar:
+        task = bar.add_task("decoding into the cache", total=len(index.images), status="")
+        ensure_cache(
+            index.images,
+            out,
+            size,
+            workers,
+            progress=lambda done, total: bar.update(task, completed=done),
+            log=lambda m: err_console.print(m, highlight=False),
+        )
+    console.print(f"cache ready in {out}; train with --cache {out} --size {size}")
 
 
 @app.command()

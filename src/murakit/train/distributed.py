@@ -71,6 +71,20 @@ def gather_objects(ctx: DistContext, obj):
     return out
 
 
+def broadcast_buffers(ctx: DistContext, module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank `src`'s buffers (BatchNorm running statistics).
+
+    DDP broadcasts buffers at the start of each training forward, so after an epoch's last
+    step every rank still holds statistics updated by its own last batch. Validation is split
+    across ranks; without this, each share would be scored by a slightly different model,
+    and none of them exactly the one rank 0 saves.
+    """
+    if not ctx.enabled:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src)
+
+
 def any_rank(ctx: DistContext, flag: bool) -> bool:
     """True on every rank if it is true on one (a Ctrl-C on rank 0 stops all ranks together)."""
     return bool(all_sum(ctx, [float(flag)])[0]) if ctx.enabled else flag

@@ -177,16 +177,9 @@ def train_run(
 
     weights = sample_weights(train_records, train_records, config.loss)
     valid_weights = sample_weights(valid_records, train_records, config.loss)
-    train_set = RadiographDataset(
-        train_records,
-        _train_transform(config),
-        seed=config.seed,
-        train=True,
-        load=_image_loader(config),
-    )
-    valid_set = RadiographDataset(
-        valid_records, _eval_transform(config), load=_image_loader(config)
-    )
+    load, train_tf, eval_tf = _data_pipeline(config, train_records + valid_records, ctx, log)
+    train_set = RadiographDataset(train_records, train_tf, seed=config.seed, train=True, load=load)
+    valid_set = RadiographDataset(valid_records, eval_tf, load=load)
     sampler = EpochSampler(len(train_set), config.seed, rank=ctx.rank, world_size=ctx.world_size)
     loader = DataLoader(
         train_set,
@@ -209,8 +202,10 @@ def train_run(
         for epoch in range(state["epochs_done"] + 1, config.epochs + 1):
             sampler.set_epoch(epoch, skip=state["step"] * config.batch_size)
             if distributed.any_rank(ctx, stop.requested):  # asked during validation
-                log(f"[yellow]stopped before epoch {epoch}; {out / 'last.pt'} is current. "
-                    f"Continue with: murakit train --out {out} --resume")
+                log(
+                    f"[yellow]stopped before epoch {epoch}; {out / 'last.pt'} is current. "
+                    f"Continue with: murakit train --out {out} --resume"
+                )
                 result.interrupted = True
                 break
             train_loss, seconds, n_images, stopped = _train_epoch(
@@ -226,6 +221,8 @@ def train_run(
                 bar,
                 f"epoch {epoch}/{config.epochs}",
                 len(sampler.order()),
+                seed=config.seed,
+                epoch=epoch,
             )
             if stopped:
                 if ctx.is_main:
@@ -238,6 +235,7 @@ def train_run(
                 )
                 result.interrupted = True
                 break
+            distributed.broadcast_buffers(ctx, model)  # every rank validates rank 0's model
             val = _validate(model, valid_set, valid_weights, runtime, config, ctx, bar)
             lr = optimizer.param_groups[0]["lr"]
             if scheduler is not None:
@@ -321,10 +319,32 @@ def _eval_transform(config: TrainConfig):
     return EvalTransform(config.size)
 
 
-def _image_loader(config: TrainConfig):
+def _data_pipeline(config: TrainConfig, records, ctx, log):
+    """(image loader, train transform, eval transform). With a cache, images come from the
+    decoded squares (built or rebuilt by rank 0 when absent or stale) and the transforms skip
+    the pad-and-resize step they already went through."""
     from murakit.data.dataset import RecordLoader
 
-    return RecordLoader(config)
+    load = RecordLoader(config)
+    train_tf, eval_tf = _train_transform(config), _eval_transform(config)
+    if not config.cache:
+        return load, train_tf, eval_tf
+    from murakit.data.cache import ensure_cache, fixes_tag, open_cache
+
+    tag = fixes_tag(config)
+    if ctx.is_main:
+        ensure_cache(
+            records,
+            Path(config.cache),
+            config.size,
+            workers=config.workers,
+            loader=load,
+            tag=tag,
+            log=log,
+        )
+    distributed.barrier(ctx)
+    cached = open_cache(config.cache, records, config.size, tag=tag)
+    return cached, train_tf.from_square, eval_tf.from_square
 
 
 def _train_epoch(
@@ -340,6 +360,9 @@ def _train_epoch(
     bar,
     description: str,
     total: int,
+    *,
+    seed: int,
+    epoch: int,
 ):
     """One pass over this rank's share of the epoch; returns (mean loss, seconds, images,
     stopped). Sums continue from `state["partial"]` after a mid-epoch resume."""
@@ -351,6 +374,11 @@ def _train_epoch(
     step = state["step"]
     tick = time.perf_counter()
     for images, labels, index in loader:
+        # Dropout masks from (seed, epoch, step, rank): independent across DDP ranks and
+        # exactly reproducible after a resume at any step.
+        torch.manual_seed(
+            int(np.random.SeedSequence([seed, epoch, step, ctx.rank]).generate_state(1)[0])
+        )
         batch = runtime.batch(images)
         labels = labels.to(runtime.device, non_blocking=True)
         batch_weights = weights[index].to(runtime.device, non_blocking=True)
@@ -433,7 +461,6 @@ def _save_last(out, model, optimizer, scheduler, scaler, config, result, epochs_
             "epochs_done": epochs_done,
             "step": state["step"],
             "partial": state["partial"],
-            "rng": torch.get_rng_state(),
             "best_val_loss": result.best_val_loss,
             "best_epoch": result.best_epoch,
             "history": result.history,
@@ -454,7 +481,6 @@ def _restore(path: Path, model, optimizer, scheduler, scaler, result: RunResult)
         scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt["scaler"]:
         scaler.load_state_dict(ckpt["scaler"])
-    torch.set_rng_state(ckpt["rng"])
     result.history = list(ckpt["history"])
     result.best_val_loss = ckpt["best_val_loss"]
     result.best_epoch = ckpt["best_epoch"]

@@ -1,0 +1,193 @@
+"""Training-step throughput: plain PyTorch defaults vs murakit's runtime settings.
+
+Times forward + backward + Adam step of a DenseNet (default DenseNet-169, 224 px, batch 16)
+from random init on one fixed random batch, in two phases:
+
+  plain    fp32, contiguous (NCHW) tensors, no autocast, glibc malloc untouched
+  murakit  make_runtime(): malloc tuned, channels_last, bf16 autocast (AMP on CUDA),
+           the step written as murakit.train.loop writes it
+
+Each phase runs in its own fresh subprocess, plain first: mallopt() is process-global and
+cannot be undone, and a fresh process makes each phase's peak RSS its own. The issue's
+target on the 2-core CI CPU is murakit / plain >= 2.2.
+
+    python bench/train_throughput.py [--arch densenet169] [--size 224] [--batch 16]
+                                     [--warmup 3] [--steps 6] [--device cpu] [--threads N]
+                                     [--quick]
+
+On a machine busy with other work, wall-clock figures mean little; run with --threads 1 and
+read the per-CPU-second figures, which count only this process's own work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+TARGET_RATIO = 2.2
+
+
+def run_phase(args: argparse.Namespace) -> dict:
+    """One phase in this process; returns its figures."""
+    import torch
+    import torch.nn.functional as F
+
+    from murakit.model.densenet import build_model
+
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    model = build_model(args.arch, dropout=0.2).train()
+    images = torch.randn(args.batch, 3, args.size, args.size)
+    labels = torch.randint(0, 2, (args.batch,)).float()
+
+    if args.phase == "plain":
+        model = model.to(device)
+        batch, labels = images.to(device), labels.to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def step() -> None:
+            logits = model(batch)[:, 0]
+            loss = F.binary_cross_entropy_with_logits(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        described = f"{device} (fp32, NCHW, malloc untouched)"
+    else:
+        from murakit.train.device import make_runtime
+        from murakit.train.loss import weighted_bce
+
+        runtime = make_runtime(str(device), mixed_precision=True, channels_last=True)
+        model = runtime.prepare_model(model)
+        batch, labels = runtime.batch(images), labels.to(runtime.device)
+        weights = torch.ones(args.batch, device=runtime.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        scaler = torch.amp.GradScaler("cuda") if runtime.amp_dtype == torch.float16 else None
+
+        def step() -> None:
+            with runtime.autocast():
+                logits = model(batch)[:, 0]
+            loss = weighted_bce(logits, labels, weights) / args.batch
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+
+        described = runtime.describe() + (", malloc tuned" if device.type == "cpu" else "")
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    times, cpu = [], []
+    for _ in range(args.steps):
+        tick, cpu_tick = time.perf_counter(), time.process_time()
+        step()
+        sync()
+        times.append(time.perf_counter() - tick)
+        cpu.append(time.process_time() - cpu_tick)
+    median = statistics.median(times)
+    figures = {
+        "phase": args.phase,
+        "runtime": described,
+        "img_per_s": args.batch / median,
+        "img_per_s_mean": args.batch * len(times) / sum(times),
+        "img_per_s_best": args.batch / min(times),
+        "step_s": times,
+        # CPU seconds per step: the work done, whatever else the machine runs (fair with
+        # --threads 1; with more threads it also counts OpenMP spin-waiting)
+        "img_per_cpu_s": args.batch / statistics.median(cpu),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        figures["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        figures["gpu"] = torch.cuda.get_device_name(device)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="densenet169")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--quick", action="store_true", help="1 warm-up + 2 timed steps")
+    parser.add_argument(
+        "--phase",
+        choices=("plain", "murakit", "both"),
+        default="both",
+        help="run one phase in this process (used internally) or both in subprocesses",
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.warmup, args.steps = 1, 2
+
+    if args.phase != "both":
+        print(json.dumps(run_phase(args)))
+        return 0
+
+    print(
+        f"training step of {args.arch} at {args.size} px, batch {args.batch}, "
+        f"{args.warmup} warm-up + {args.steps} timed steps per phase; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    results = {}
+    for phase in ("plain", "murakit"):
+        cmd = [sys.executable, __file__, "--phase", phase, "--device", args.device]
+        for name in ("arch", "size", "batch", "warmup", "steps", "threads"):
+            cmd += [f"--{name}", str(getattr(args, name))]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stdout + proc.stderr, file=sys.stderr)
+            return proc.returncode
+        results[phase] = figures = json.loads(proc.stdout.strip().splitlines()[-1])
+        steps = " ".join(f"{s:.2f}" for s in figures["step_s"])
+        extra = f", peak GPU {figures['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in figures else ""
+        print(
+            f"  {phase:8s} {figures['img_per_s']:6.1f} img/s (median step; mean "
+            f"{figures['img_per_s_mean']:.1f}, best {figures['img_per_s_best']:.1f})  "
+            f"{figures['img_per_cpu_s']:.1f} per CPU-second; "
+            f"peak RSS {figures['peak_rss_mb']:.0f} MB{extra}"
+            f"  [{figures['runtime']}; steps {steps} s]",
+            flush=True,
+        )
+    ratio = results["murakit"]["img_per_s"] / results["plain"]["img_per_s"]
+    best = results["murakit"]["img_per_s_best"] / results["plain"]["img_per_s_best"]
+    per_cpu = results["murakit"]["img_per_cpu_s"] / results["plain"]["img_per_cpu_s"]
+    verdict = "meets" if ratio >= TARGET_RATIO else "below"
+    print(
+        f"  speed-up murakit / plain: {ratio:.2f}x of median steps ({verdict} the "
+        f"{TARGET_RATIO}x target); {best:.2f}x of fastest steps, {per_cpu:.2f}x per CPU-second "
+        "(steadier on a busy machine)"
+    )
+    print(f"  load average after: {os.getloadavg()[0]:.1f}")
+    if args.json:
+        print(json.dumps({"ratio": ratio, **results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
