@@ -777,7 +777,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's data and models.")] = Path(
         "demo"
     ),
-    studies: Annotated[int, typer.Option(help="Synthetic studies to generate.")] = 600,
+    studies: Annotated[int, typer.Option(help="Synthetic studies to generate.")] = 1000,
     models: Annotated[int, typer.Option(help="Ensemble members to train.")] = 3,
     keep: Annotated[int, typer.Option(help="Members kept (lowest validation loss).")] = 2,
     epochs: Annotated[
