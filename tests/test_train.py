@@ -23,8 +23,7 @@ from murakit.train.loss import sample_weights
 
 
 def tiny_config(root: Path, **overrides) -> TrainConfig:
-    values = dict(data=str(root), epochs=3, size=64, batch_size=8, workers=0,
-                  max_train_images=48)
+    values = dict(data=str(root), epochs=3, size=64, batch_size=8, workers=0, max_train_images=48)
     values.update(overrides)
     return make_config("demo", **values)
 
@@ -84,11 +83,36 @@ def test_existing_run_is_not_overwritten(synth_root, uninterrupted):
 
 
 def _train_process(root: Path, out: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "murakit", "train", "--data", str(root), "--out", str(out),
-               "--preset", "demo", "--epochs", "3", "--size", "64", "--batch-size", "8",
-               "--workers", "0", "--max-train-images", "48", *extra]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, COLUMNS="200"))
+    command = [
+        sys.executable,
+        "-m",
+        "murakit",
+        "train",
+        "--data",
+        str(root),
+        "--out",
+        str(out),
+        "--preset",
+        "demo",
+        "--epochs",
+        "3",
+        "--size",
+        "64",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--max-train-images",
+        "48",
+        *extra,
+    ]
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, COLUMNS="200"),
+    )
 
 
 def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
@@ -106,8 +130,7 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
-def test_interrupted_process_resumes_to_the_same_result(synth_root, uninterrupted, tmp_path,
-                                                        sig):
+def test_interrupted_process_resumes_to_the_same_result(synth_root, uninterrupted, tmp_path, sig):
     """Ctrl-C saves the mid-epoch position; SIGKILL loses at most the epoch in progress.
     Either way --resume ends where an uninterrupted run ends."""
     out = tmp_path / "killed"

@@ -57,9 +57,7 @@ def _write_csv(path: str | os.PathLike, header: Sequence[str], rows) -> None:
         writer.writerows(rows)
 
 
-def write_image_predictions(
-    path: str | os.PathLike, images: Sequence[ImageRecord], probs
-) -> None:
+def write_image_predictions(path: str | os.PathLike, images: Sequence[ImageRecord], probs) -> None:
     """image_predictions.csv: image,study,part,label,probability (image = the CSV path)."""
     strings = _prob_strings(probs, len(images))
     rows = ((r.rel, r.study, r.part, r.label, p) for r, p in zip(images, strings, strict=True))
