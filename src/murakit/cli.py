@@ -418,8 +418,12 @@ def evaluate(
 ) -> None:
     """Study-level accuracy, Cohen's kappa (95% CI), AUROC, sensitivity, specificity per part."""
     from murakit.evaluate.ensemble import ModelDirError
-    from murakit.evaluate.evaluation import evaluate_model, looks_like_mura
-    from murakit.evaluate.outputs import REFERENCE_STUDY_ACCURACY, format_part_table
+    from murakit.evaluate.evaluation import evaluate_model
+    from murakit.evaluate.outputs import (
+        REFERENCE_STUDY_ACCURACY,
+        format_part_table,
+        looks_like_mura_valid,
+    )
 
     with progress_bar(console=err_console) as bar:
         task = bar.add_task("predicting", total=None, status="")
@@ -443,7 +447,7 @@ def evaluate(
             )
         except ModelDirError as err:
             fail(str(err))
-    reference = REFERENCE_STUDY_ACCURACY if looks_like_mura(result.metrics, split) else None
+    reference = REFERENCE_STUDY_ACCURACY if looks_like_mura_valid(result.metrics) else None
     console.print(
         format_part_table(
             result.metrics, reference, title=f"{split}: study-level results ({model})"

@@ -47,7 +47,7 @@ class MemberSummary:
 
 def summarize_run(run_dir: Path) -> MemberSummary:
     """The figures of a run at its best (lowest validation loss) epoch."""
-    from murakit.train.loop import read_history
+    from murakit.train.history import read_history
 
     if not (run_dir / "metrics.csv").exists() or not (run_dir / "best.pt").exists():
         raise ModelDirError(f"{run_dir}: not a finished run (no metrics.csv/best.pt)")
@@ -112,7 +112,7 @@ def run_is_finished(run_dir: Path) -> bool:
     """True when the run has trained all the epochs its config asks for."""
     if not (run_dir / "metrics.csv").exists() or not (run_dir / "config.json").exists():
         return False
-    from murakit.train.loop import read_history
+    from murakit.train.history import read_history
 
     return len(read_history(run_dir)) >= TrainConfig.load(run_dir / "config.json").epochs
 

@@ -98,8 +98,3 @@ def evaluate_model(
     )
     write_metrics_json(out_dir / "metrics.json", metrics)
     return EvaluationResult(out_dir, metrics, len(records), skipped)
-
-
-def looks_like_mura(metrics: dict, split: str) -> bool:
-    """The reference report's numbers only compare on MURA's own valid split (1,199 studies)."""
-    return split == "valid" and metrics["overall"]["n_studies"] == 1199

@@ -233,3 +233,20 @@ def format_part_table(
         ]
         table.add_row(*cells, end_section=i == len(rows) - 2)  # a rule above TOTAL
     return table
+
+
+MURA_VALID_STUDIES = 1199
+
+
+def looks_like_mura_valid(metrics: dict[str, Any]) -> bool:
+    """True when the evaluated set is MURA v1.1 valid (its 1,199 studies over the 7 body parts,
+    and the valid split where metrics.json records one): only then is the reference report's
+    accuracy a fair comparison (synthetic data has the same layout)."""
+    from murakit.data.index import BODY_PARTS
+
+    overall = metrics.get("overall", {})
+    return (
+        overall.get("n_studies") == MURA_VALID_STUDIES
+        and metrics.get("split", "valid") == "valid"
+        and set(metrics.get("by_part", {})) == set(BODY_PARTS)
+    )

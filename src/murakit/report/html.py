@@ -27,7 +27,9 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from murakit.evaluate.outputs import looks_like_mura_valid
 from murakit.fsutil import atomic_write_text
+from murakit.train.history import read_history
 
 REPORT_FILE = "report.html"
 ENSEMBLE_FILE = "ensemble.json"
@@ -36,7 +38,6 @@ AUGMENT_PREVIEW = "augment_preview.png"
 
 # MURA v1.1 valid, and the MURA paper's baseline (Rajpurkar et al. 2017): shown beside our
 # numbers only when the evaluated data is that set.
-MURA_VALID_STUDIES = 1199
 MURA_VALID_IMAGES = 3197
 MURA_PAPER_KAPPA = 0.705
 MURA_PAPER_AUROC = 0.929
@@ -245,23 +246,6 @@ class ModelInfo:
     notes: list[str] = field(default_factory=list)  # files that exist but could not be read
 
 
-def read_history(run_dir: Path) -> list[dict[str, float]]:
-    """metrics.csv as float rows (the training loop's format); [] when absent.
-
-    Read here rather than through murakit.train.loop so a report never imports torch.
-    """
-    path = run_dir / "metrics.csv"
-    if not path.exists():
-        return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = []
-        for row in csv.DictReader(handle):
-            rows.append(
-                {k: float(v) if v not in ("", None) else math.nan for k, v in row.items() if k}
-            )
-    return rows
-
-
 def _best_row(history: list[dict[str, float]]) -> dict[str, float] | None:
     scored = [r for r in history if math.isfinite(r.get("val_loss", math.nan))]
     return min(scored, key=lambda r: r["val_loss"]) if scored else None
@@ -390,20 +374,6 @@ def find_evaluations(model_dir: Path) -> list[Evaluation]:
         if metrics is not None or studies is not None or notes:
             found.append(Evaluation(folder.name, folder, metrics, studies, notes))
     return found
-
-
-def looks_like_mura_valid(metrics: dict[str, Any]) -> bool:
-    """True when the evaluated set is MURA v1.1 valid (its 1,199 studies over the 7 body parts,
-    and the valid split where metrics.json records one): only then is the reference report's
-    accuracy a fair comparison (synthetic data has the same layout)."""
-    from murakit.data.index import BODY_PARTS
-
-    overall = metrics.get("overall", {})
-    return (
-        overall.get("n_studies") == MURA_VALID_STUDIES
-        and metrics.get("split", "valid") == "valid"
-        and set(metrics.get("by_part", {})) == set(BODY_PARTS)
-    )
 
 
 # ---------------------------------------------------------------- sections

@@ -503,12 +503,6 @@ def _write_history(out: Path, history: list[dict]) -> None:
     plot_loss_curve(history, out / "loss_curve.png", title=out.name)
 
 
-def read_history(run_dir: Path) -> list[dict]:
-    """metrics.csv of a run as a list of rows with float values."""
-    with open(run_dir / "metrics.csv", newline="") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
 def _epoch_line(row: dict, improved: bool) -> str:
     mark = " [green]* best[/]" if improved else ""
     return (
