@@ -3,9 +3,13 @@
 Generates a synthetic MURA set (or uses --data), then measures, for DataLoader workers
 0, 1 and 2, the images per second of the training pipeline two ways:
 
-  png    read_grayscale + TrainTransform (decode, pad, resize, rotate, flip, to tensor)
+  png    read_grayscale + TrainTransform (decode, pad, resize, draw the augmentation)
   cache  rows of the decoded-image cache (murakit.data.cache) + TrainTransform.from_square
-         (rotate, flip, to tensor)
+         (draw the augmentation)
+
+Both ship uint8 squares; rotation, flip and normalisation run batched on the training
+device (augment_batch), whose CPU cost per image is printed too, with the cost of the PIL
+rotation the loader did before (for comparison).
 
 and the per-image cost of each stage in one process, which says where the time goes. The
 issue's target: cache >= 5x png per worker.
@@ -33,7 +37,7 @@ from murakit.data.cache import build_cache, open_cache
 from murakit.data.dataset import EpochSampler, RadiographDataset, read_record
 from murakit.data.imageio import read_grayscale
 from murakit.data.index import load_index
-from murakit.data.transforms import TrainTransform, augment, square_resize, to_tensor
+from murakit.data.transforms import TrainTransform, augment, augment_batch, square_resize
 
 TARGET_RATIO = 5.0
 
@@ -79,11 +83,17 @@ def stage_costs(records, cached, size: int, n: int, passes: int = 3) -> dict[str
     squares = timed("pad + resize (square_resize)", lambda g: square_resize(g, size), grays)
     timed("cache row read + crc32", cached, picks)
     timed("crc32 of a row alone", zlib.crc32, squares)
-    rotated = timed("rotate + flip (augment)", lambda s: augment(s, rng), squares)
-    timed("to_tensor", to_tensor, rotated)
-    png = sum(v for k, v in out.items() if k.split()[0] in ("decode", "pad", "rotate", "to_tensor"))
-    cache = sum(v for k, v in out.items() if k.split()[0] in ("cache", "rotate", "to_tensor"))
+    transform = TrainTransform(size)
+    timed("draw augmentation (from_square)", lambda s: transform.from_square(s, rng), squares)
+    png = sum(v for k, v in out.items() if k.split()[0] in ("decode", "pad", "draw"))
+    cache = sum(v for k, v in out.items() if k.split()[0] in ("cache", "draw"))
     out["= png path"], out["= cache path"] = png, cache
+    # Not in the loader: the training process rotates, flips and normalises whole batches.
+    batch = torch.from_numpy(np.stack(squares[:32]))
+    params = torch.tensor([[rng.uniform(-30, 30), float(rng.random() < 0.5)] for _ in batch])
+    timed("device augmentation on CPU", lambda _: augment_batch(batch, params), [None])
+    out["device augmentation on CPU"] /= len(batch)
+    timed("PIL rotate + flip (old loader)", lambda s: augment(s, rng), squares)
     return out
 
 

@@ -3,7 +3,13 @@
 The pipeline is split in two so a cache can store its expensive, deterministic first half:
 
     square_resize(gray, size)  ->  cached square (size x size uint8)
-    augment(square, rng)       ->  to_tensor(...)   (every epoch, cheap)
+    draw_augmentation(rng)     ->  (angle, flip) per image, drawn in the loader
+    augment_batch(squares, params) on the training device: rotate, flip, 3 channels, normalise
+
+Rotation is the costliest per-image step once decoding is cached (PIL's bilinear rotate of
+a 224 px square costs more than reading it), so the loader only draws the parameters and
+ships uint8 squares (12x fewer bytes than normalised 3-channel floats); the training
+device applies them to the whole batch with one ``grid_sample``.
 
 Randomness comes only from the ``numpy.random.Generator`` the caller passes; the training
 code derives it from (seed, epoch, index), so runs are reproducible and resumable and do
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -73,50 +80,92 @@ def square_resize(img: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def draw_augmentation(
+    rng: np.random.Generator, rotation: float = 30.0, hflip: bool = True
+) -> tuple[float, bool]:
+    """(angle in degrees within +-``rotation``, flip with p=0.5). Both numbers are always
+    drawn, in this order, so switching one augmentation off does not change the other."""
+    angle = float(rng.uniform(-rotation, rotation))
+    flip = bool(rng.random() < 0.5)
+    return angle, flip and hflip
+
+
+def augment_batch(squares: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """(N, S, S) uint8 squares and (N, 2) [angle, flip] -> (N, 3, S, S) normalised float.
+
+    Rotates counterclockwise by angle degrees about the centre (bilinear, black fill, same
+    size; PIL's ``Image.rotate`` convention), then mirrors left-right where flip is 1. Runs
+    on whatever device the tensors are on.
+    """
+    x = squares.unsqueeze(1).float()
+    radians = torch.deg2rad(params[:, 0].to(x.dtype))
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    mirror = 1.0 - 2.0 * (params[:, 1] > 0.5).to(x.dtype)  # -1 flips: x_out -> -x_out
+    zero = torch.zeros_like(cos)
+    # affine_grid maps each output pixel's normalised (x, y), y down, to where it samples
+    # the input: the inverse rotation, composed with the mirror applied to the output.
+    theta = torch.stack(
+        [
+            torch.stack([cos * mirror, -sin, zero], dim=1),
+            torch.stack([sin * mirror, cos, zero], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return normalize(x)
+
+
 def augment(
     square: np.ndarray,
     rng: np.random.Generator,
     rotation: float = 30.0,
     hflip: bool = True,
 ) -> np.ndarray:
-    """Rotate uniformly within +-``rotation`` degrees about the centre, then flip with p=0.5.
+    """One square through the training augmentation, as uint8 (for previews and tests):
+    exactly what :func:`augment_batch` feeds the network, before normalisation."""
+    angle, flip = draw_augmentation(rng, rotation, hflip)
+    params = torch.tensor([[angle, float(flip)]])
+    x = augment_batch(torch.from_numpy(np.array(square, dtype=np.uint8))[None], params)
+    gray = (x[0, 0] + _SHIFT[0]) / _SCALE[0]
+    return gray.round().clamp(0, 255).to(torch.uint8).numpy()
 
-    Bilinear, black fill, same size. Both random numbers are always drawn, in this order,
-    so switching one augmentation off does not change what the other draws.
-    """
-    angle = rng.uniform(-rotation, rotation)
-    flip = rng.random() < 0.5
-    out = square
-    if angle:
-        out = np.asarray(
-            Image.fromarray(square).rotate(angle, resample=Image.BILINEAR, fillcolor=0)
-        )
-    if hflip and flip:
-        out = out[:, ::-1]
-    return np.ascontiguousarray(out)
+
+def normalize(gray: torch.Tensor) -> torch.Tensor:
+    """(N, 1, S, S) grey values in 0..255 -> (N, 3, S, S) ImageNet-normalised."""
+    scale, shift = _SCALE.to(gray.device), _SHIFT.to(gray.device)
+    return gray * scale - shift
 
 
 def to_tensor(square: np.ndarray) -> torch.Tensor:
     """(S, S) uint8 -> (3, S, S) float32: gray repeated to 3 channels, ImageNet-normalised."""
     x = torch.from_numpy(np.asarray(square, dtype=np.uint8).astype(np.float32))  # own copy
-    return x.unsqueeze(0) * _SCALE - _SHIFT
+    return normalize(x[None, None])[0]
 
 
 class TrainTransform:
-    """Training pipeline: square_resize -> augment -> to_tensor."""
+    """Training pipeline in the loader: square_resize -> draw the augmentation. Returns
+    (uint8 square tensor, [angle, flip] tensor); :func:`augment_batch` finishes the job on
+    the training device."""
 
     def __init__(self, size: int = 224, rotation: float = 30.0, hflip: bool = True) -> None:
         self.size = size
         self.rotation = rotation
         self.hflip = hflip
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    def __call__(
+        self, img: np.ndarray, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.from_square(square_resize(img, self.size), rng)
 
-    def from_square(self, square: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    def from_square(
+        self, square: np.ndarray, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """For a cached square already ``size`` x ``size``: skips square_resize."""
         _check_square(square, self.size)
-        return to_tensor(augment(square, rng, self.rotation, self.hflip))
+        angle, flip = draw_augmentation(rng, self.rotation, self.hflip)
+        tensor = torch.from_numpy(np.array(square, dtype=np.uint8))  # own, writable copy
+        return tensor, torch.tensor([angle, float(flip)], dtype=torch.float32)
 
     def __repr__(self) -> str:
         return f"TrainTransform(size={self.size}, rotation={self.rotation}, hflip={self.hflip})"

@@ -17,19 +17,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from murakit.data.imageio import read_grayscale  # noqa: E402
-from murakit.data.transforms import augment, square_resize  # noqa: E402
+from murakit.data.transforms import augment, draw_augmentation, square_resize  # noqa: E402
 from murakit.fsutil import atomic_write_bytes  # noqa: E402
 
 PANEL_PX = 240  # width of one panel in the PNG
 TITLE_PX = 44  # height of the title strip above the panels
 GAP_PX = 3
 _DPI = 100
-
-
-def _draws(rng: np.random.Generator, rotation: float) -> tuple[float, bool]:
-    """What ``augment`` will draw from a generator in this state: angle first, then the flip
-    coin (its documented order), so each panel can be titled with its own parameters."""
-    return float(rng.uniform(-rotation, rotation)), bool(rng.random() < 0.5)
 
 
 def augment_preview(
@@ -52,11 +46,9 @@ def augment_preview(
     square = square_resize(read_grayscale(image_path), size)
     panels = [(square, "original, padded to square")]
     for i in range(1, n + 1):
-        angle, flip = _draws(np.random.default_rng([seed, i]), rotation)
+        angle, flip = draw_augmentation(np.random.default_rng([seed, i]), rotation, hflip)
         version = augment(square, np.random.default_rng([seed, i]), rotation, hflip)
-        panels.append(
-            (version, f"rotated {angle:+.1f}° ccw" + (", flipped" if hflip and flip else ""))
-        )
+        panels.append((version, f"rotated {angle:+.1f}° ccw" + (", flipped" if flip else "")))
 
     width = (n + 1) * PANEL_PX
     fig = plt.figure(figsize=(width / _DPI, (PANEL_PX + TITLE_PX) / _DPI), dpi=_DPI)

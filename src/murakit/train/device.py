@@ -64,8 +64,16 @@ class Runtime:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def batch(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
+    def batch(self, images: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """A loader batch on the device, ready for the model. Training batches arrive as
+        (uint8 squares, augmentation parameters) and are augmented here, on the device."""
+        if isinstance(images, (tuple, list)):
+            from murakit.data.transforms import augment_batch
+
+            squares, params = (t.to(self.device, non_blocking=True) for t in images)
+            images = augment_batch(squares, params)
+        else:
+            images = images.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images

@@ -388,7 +388,7 @@ def _train_epoch(
         optimizer.zero_grad(set_to_none=True)
         # DDP averages gradients over ranks; per-image mean over this rank's batch keeps the
         # global gradient equal to the mean over the global batch (equal shard sizes).
-        loss = loss_total / len(images)
+        loss = loss_total / len(labels)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -400,12 +400,12 @@ def _train_epoch(
         seconds += now - tick
         tick = now
         loss_sum += float(loss_total.detach())
-        n_images += len(images)
+        n_images += len(labels)
         step += 1
         state.update(step=step, partial=[loss_sum, n_images, seconds])
         bar.update(
             task,
-            advance=len(images),
+            advance=len(labels),
             status=f"loss {loss_sum / n_images:.4f}  {n_images / seconds:.1f} img/s",
         )
         if distributed.any_rank(ctx, stop.requested):
