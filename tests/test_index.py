@@ -160,3 +160,10 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["stats", str(tmp_path / "nowhere")])
     assert result.exit_code == 1
     assert "dataset folder not found" in result.output
+
+
+def test_pointing_at_the_folder_above_the_dataset_suggests_the_dataset(synth_data):
+    result = CliRunner().invoke(app, ["stats", str(synth_data)])
+    assert result.exit_code == 1
+    assert "no images found" in result.output
+    assert f"did you mean {synth_data.resolve() / 'MURA-v1.1'}?" in result.output.replace("\n", "")

@@ -113,9 +113,12 @@ def load_index(
             raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         images.extend(_load_split(root, split, bad, allow_unknown_parts))
     if not images:
+        inner = sorted(p.parent for p in root.glob(f"*/{splits[0]}_image_paths.csv"))
+        hint = f"; did you mean {inner[0]}?" if inner else ""
         raise DatasetError(
             f"{root}: no images found for split(s) {', '.join(splits)} "
             f"(expected {'/'.join(f'{s}_image_paths.csv' for s in splits)} or a {splits[0]}/ tree)"
+            + hint
         )
     return DatasetIndex(root, images, skipped)
 

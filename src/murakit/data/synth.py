@@ -68,7 +68,7 @@ TRUTH_COLUMNS = (
     "label",
 )
 VIEW_ODDS = (0.12, 0.30, 0.38, 0.20)  # 1-4 views per study, mean ~2.7 like MURA
-P_SHOW = 0.8  # each view of an abnormal study shows its finding with this probability
+P_SHOW = 0.9  # each view of an abnormal study shows its finding with this probability
 P_MARKER, P_INVERTED, P_MULTI, P_RGB = 0.35, 0.04, 0.06, 0.15
 VALID_FRACTION = 0.12  # of studies, split by patient
 P_JOIN = 0.22  # a study belongs to an already-seen patient
@@ -313,7 +313,7 @@ def _render_panel(
     v += (np.arange(h, dtype=np.float32)[:, None] - h / 2) * float(heel_dir[1])
     cast = [s for s in stamps if s[1] == "cast"]
     if cast:
-        v += _rasterise(cast, A, (h, w)) * (dense * _lerp(0.6, 0.3, d))
+        v += _rasterise(cast, A, (h, w)) * (dense * _lerp(1.0, 0.6, d))
     mask = Image.new("L", (w, h))
     ImageDraw.Draw(mask).polygon(f.poly.ravel().tolist(), fill=1)
     field = np.asarray(mask, np.float32)

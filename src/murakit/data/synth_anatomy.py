@@ -456,7 +456,7 @@ def build(part: str, shape: np.ndarray, proj: float) -> Anatomy:
 # ---------------------------------------------------------------- findings
 
 FINDINGS = ("fracture", "hardware", "lytic_lesion", "cast", "degenerative")
-FINDING_ODDS = (0.38, 0.24, 0.12, 0.12, 0.14)
+FINDING_ODDS = (0.28, 0.32, 0.08, 0.20, 0.12)
 NO_JOINT_PARTS = ("XR_FOREARM", "XR_HUMERUS")  # their joints sit at the film's edge
 FINDING_TAG = 17  # the finding's RNG key is (seed, study, 0, FINDING_TAG)
 
@@ -500,11 +500,11 @@ def _fracture(bones, i, t, rng, d, displace=True) -> tuple[list[Stamp], np.ndarr
     u, n = b.frame()
     c, hw = b.at(t), float(b.half_width(t))
     across = rotate(n, np.zeros(2), rng.uniform(-35, 35))
-    lw = b.width * _lerp(0.32, 0.1, d) * rng.uniform(0.8, 1.2)
+    lw = b.width * _lerp(0.45, 0.22, d) * rng.uniform(0.8, 1.2)
     shift = np.zeros(2)
-    if displace and rng.random() < _lerp(0.85, 0.2, d):
-        shift = n * hw * 2 * _lerp(0.7, 0.15, d) * rng.choice([-1, 1])
-        angle = _lerp(18, 4, d) * rng.choice([-1, 1])
+    if displace and rng.random() < _lerp(0.95, 0.55, d):
+        shift = n * hw * 2 * _lerp(0.8, 0.35, d) * rng.choice([-1, 1])
+        angle = _lerp(25, 10, d) * rng.choice([-1, 1])
         gap = lw * 0.4
         near = replace(b, p1=c - u * gap, flare1=1.0, open1=True)
         far = replace(
@@ -512,7 +512,7 @@ def _fracture(bones, i, t, rng, d, displace=True) -> tuple[list[Stamp], np.ndarr
         )
         bones[i : i + 1] = [near, far]
     line = _band(c + shift / 2, across, 2.8 * hw, lw, rng)
-    stamps = [([(line, _lerp(0.95, 0.7, d))], "bone", "mul")]
+    stamps = [([(line, _lerp(1.0, 0.85, d))], "bone", "mul")]
     extent = 1.5 * hw + float(np.hypot(*shift))
     return stamps, _box_poly(c, u, n, extent, extent)
 
@@ -526,7 +526,7 @@ def _hardware(bones, i, t, rng, d) -> tuple[list[Stamp], np.ndarray]:
     polys = []
     kind = rng.random()
     if kind < 0.6:
-        half = min(b.length * _lerp(0.3, 0.18, d) * rng.uniform(0.8, 1.2), b.length * 0.4)
+        half = min(b.length * _lerp(0.35, 0.25, d) * rng.uniform(0.8, 1.2), b.length * 0.4)
         side = rng.choice([-1, 1])
         pc = c + n * side * (hw + 0.1 * w)
         polys.append(_box_poly(pc, u, n, half, 0.16 * w))
@@ -552,7 +552,7 @@ def _lesion(bones, i, t, rng, d) -> tuple[list[Stamp], np.ndarray]:
     b = bones[i]
     u, n = b.frame()
     hw = float(b.half_width(t))
-    rx = hw * _lerp(0.9, 0.5, d) * rng.uniform(0.85, 1.15)
+    rx = hw * _lerp(1.0, 0.75, d) * rng.uniform(0.85, 1.15)
     ry = rx * rng.uniform(1.0, 2.0)
     c = b.at(t) + n * hw * rng.uniform(-0.3, 0.3)
     deg = float(np.degrees(np.arctan2(u[1], u[0])))
@@ -560,7 +560,7 @@ def _lesion(bones, i, t, rng, d) -> tuple[list[Stamp], np.ndarray]:
     stamps: list[Stamp] = []
     if rng.random() < 0.4:
         stamps.append(([(ellipse(c, ry * 1.25, rx * 1.25, deg), 0.25)], "bone", "add"))
-    stamps.append(([(oval, _lerp(0.8, 0.45, d))], "bone", "mul"))
+    stamps.append(([(oval, _lerp(0.9, 0.7, d))], "bone", "mul"))
     return stamps, ellipse(c, ry * 1.25, rx * 1.25, deg, n=12)
 
 
@@ -573,7 +573,7 @@ def _cast(bones, i, t, rng, d) -> tuple[list[Stamp], np.ndarray]:
     half = max(b.length * rng.uniform(0.3, 0.45), 0.25)
     across = max(3.0 * float(b.half_width(t)), 0.15)
     outer = _box_poly(c, u, n, half, across)
-    inner = _box_poly(c, u, n, half - 0.015, across - 0.02)
+    inner = _box_poly(c, u, n, half - 0.03, across - 0.04)
     stamps: list[Stamp] = [([(outer, 1.0), (inner, 0.7)], "cast", "add")]
     if rng.random() < 0.6:
         stamps += _fracture(bones, i, t, rng, min(1.0, d + 0.2))[0]
@@ -585,14 +585,14 @@ def _degenerative(a: Anatomy, j: int, rng, d) -> tuple[list[Stamp], np.ndarray]:
     p, axis, width = a.joints[j]
     u = axis / np.hypot(*axis)
     n = np.array([-u[1], u[0]])
-    size = width * _lerp(0.3, 0.1, d) * rng.uniform(0.8, 1.2)
-    polys = [(_box_poly(p, u, n, 0.1 * width, 0.45 * width), 0.5)]
+    size = width * _lerp(0.45, 0.25, d) * rng.uniform(0.8, 1.2)
+    polys = [(_box_poly(p, u, n, 0.1 * width, 0.45 * width), 0.8)]
     for side in (-1, 1):
         for along in (-1, 1):
             if rng.random() < 0.8:
                 base = p + n * side * 0.45 * width + u * along * 0.12 * width
                 tip = base + n * side * size * 0.7 + u * along * size * 0.7
-                polys.append((np.array([base - u * size * 0.5, base + u * size * 0.5, tip]), 0.9))
+                polys.append((np.array([base - u * size * 0.5, base + u * size * 0.5, tip]), 1.0))
     return [(polys, "bone", "add")], _box_poly(p, u, n, 0.5 * width, 0.6 * width + size)
 
 

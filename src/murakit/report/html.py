@@ -642,7 +642,8 @@ def _training_section(model: ModelInfo) -> str:
         if others:
             rest = "".join(_curve_figure(m, True) for m in others)
             parts.append(
-                f"<details><summary>Loss curves of the {len(others)} members not kept"
+                f"<details><summary>Loss curves of the {len(others)} "
+                f"member{'s' if len(others) > 1 else ''} not kept"
                 f'</summary><div class="curves">{rest}</div></details>'
             )
     details = "".join(

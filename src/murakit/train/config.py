@@ -86,6 +86,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         plateau_patience=1,
     ),
     # Small and fast for a CPU: a mini DenseNet from scratch at 128 px on synthetic data.
+    # lr 1e-3 learns fast but its validation loss swings by 0.2 between epochs; dividing it
+    # by 10 as soon as validation loss fails to improve (patience 0) settles it.
     "demo": dict(
         arch="densenet-mini",
         weights="none",
@@ -94,7 +96,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=6,
         lr=1e-3,
         loss="bce",
-        plateau_patience=-1,
+        plateau_patience=0,
         rotation=15.0,
     ),
 }
