@@ -52,7 +52,7 @@ def loader_rate(dataset: RadiographDataset, workers: int, batch: int, epochs: in
     best = 0.0
     for epoch in range(1, epochs + 1):
         sampler.set_epoch(epoch)
-        arrivals = [(time.perf_counter(), len(tensors)) for tensors, _, _ in loader]
+        arrivals = [(time.perf_counter(), len(labels)) for _, labels, _ in loader]
         half = len(arrivals) // 2
         if half < 2 * workers + 1:
             raise SystemExit(
