@@ -167,3 +167,14 @@ def test_pointing_at_the_folder_above_the_dataset_suggests_the_dataset(synth_dat
     assert result.exit_code == 1
     assert "no images found" in result.output
     assert f"did you mean {synth_data.resolve() / 'MURA-v1.1'}?" in result.output.replace("\n", "")
+
+
+def test_a_dataset_copied_under_another_name_still_resolves(synth_root, tmp_path):
+    import shutil
+
+    copy = tmp_path / "mura-copy"
+    shutil.copytree(synth_root, copy)
+    original, renamed = load_index(synth_root), load_index(copy)
+    assert [r.rel for r in renamed.images] == [r.rel for r in original.images]
+    assert renamed.images[0].rel.startswith("MURA-v1.1/")  # the CSV's own text is kept
+    assert all(r.path.is_file() and copy in r.path.parents for r in renamed.images)

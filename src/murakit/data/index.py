@@ -242,12 +242,17 @@ def _parse_image_path(rel: str, split: str, allow_unknown_parts: bool):
 
 
 def _resolve(root: Path, rel: str) -> Path:
-    """CSV paths that begin with the root folder's name resolve against its parent."""
+    """CSV paths that begin with the root folder's name resolve against its parent; so do
+    paths like MURA's own (``MURA-v1.1/train/...``) when the folder was renamed or copied
+    under another name: their first part names the dataset folder, the second a split."""
     rel_path = Path(rel)
     if rel_path.is_absolute():
         return rel_path
-    if rel_path.parts and rel_path.parts[0] == root.name:
+    parts = rel_path.parts
+    if parts and parts[0] == root.name:
         return root.parent / rel_path
+    if len(parts) > 1 and parts[0] not in SPLITS and parts[1] in SPLITS:
+        return root.joinpath(*parts[1:])
     return root / rel_path
 
 
