@@ -1,7 +1,8 @@
 """Real files of every kind that enters murakit by mistake or in an unusual container.
 
 Each writer puts actual bytes on disk (no mocks), so the tests see exactly what a user's
-copy of MURA, a hospital export or a phone upload would hold. Used by test_bad_input.py.
+copy of MURA, a hospital export or a phone upload would hold. Used by test_bad_input.py and,
+for DICOM, by the IO, prediction, web-app and browser tests.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -42,15 +44,17 @@ def text_as_png(path: Path) -> None:
     path.write_text("patient 42, left wrist: see attached report\n")
 
 
-def bomb_png(path: Path, width: int = 20000, height: int = 20000) -> None:
+def png_bomb_bytes(width: int = 20000, height: int = 20000) -> bytes:
     """A valid-looking 8-bit gray PNG whose header claims width x height pixels (400 MP by
     default) in a few hundred bytes: decoding it would need gigabytes. Built by hand since
     PIL takes seconds to make a real one."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     rows = zlib.compress(b"\x00" * (width + 1) * 4)  # the first 4 rows; enough to look real
-    path.write_bytes(
-        PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", rows) + _chunk(b"IEND", b"")
-    )
+    return PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", rows) + _chunk(b"IEND", b"")
+
+
+def bomb_png(path: Path, width: int = 20000, height: int = 20000) -> None:
+    path.write_bytes(png_bomb_bytes(width, height))
 
 
 def appledouble(path: Path) -> None:
@@ -101,3 +105,50 @@ UNUSUAL_WRITERS: dict[str, Callable[[Path, np.ndarray], None]] = {
     "cmyk": cmyk_jpeg,
 }
 UNUSUAL_SUFFIX = {"gray16": ".png", "rgba": ".png", "palette": ".png", "cmyk": ".jpg"}
+
+
+def write_dicom(
+    path: Path | BinaryIO,
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    preamble: bool = True,
+    **elements,
+) -> Path | BinaryIO:
+    """A minimal but valid DX image, written by pydicom itself, to a path or a binary file
+    object (for uploads held in memory). Needs pydicom: callers skip without it."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        DigitalXRayImageStorageForPresentation,
+        ExplicitVRLittleEndian,
+        generate_uid,
+    )
+
+    frames = pixels.shape[0] if pixels.ndim == 3 and photometric.startswith("MONO") else 1
+    ds = Dataset()
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape[-2:] if frames > 1 else pixels.shape[:2]
+    ds.SamplesPerPixel = 3 if photometric == "RGB" else 1
+    if photometric == "RGB":
+        ds.PlanarConfiguration = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    if preamble:
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True)
+    else:  # a bare dataset: no preamble, no file meta (older devices write these)
+        ds.save_as(path, implicit_vr=True, little_endian=True)
+    return path

@@ -4,7 +4,6 @@ errors are shown in words; the page breaks none of its own security policy."""
 
 from __future__ import annotations
 
-import io
 import re
 import shutil
 from pathlib import Path
@@ -12,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from bad_files import write_dicom
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -62,26 +63,9 @@ def study_files(synth_root, tmp_path_factory) -> list[Path]:
     out = tmp_path_factory.mktemp("upload")
     pngs = sorted(folder.glob("image*.png"))[:2]
     files = [Path(shutil.copy(p, out / f"wrist_view{i + 1}.png")) for i, p in enumerate(pngs)]
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
+    pytest.importorskip("pydicom")
     gray = np.asarray(Image.open(pngs[0]).convert("L"))
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
-    ds.Rows, ds.Columns = gray.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = (gray.astype(np.uint16) * 257).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    files.append(out / "wrist_view3.dcm")
-    files[-1].write_bytes(buffer.getvalue())
+    files.append(write_dicom(out / "wrist_view3.dcm", gray.astype(np.uint16) * 257))
     return files
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bad_files import write_dicom
 from murakit.data.imageio import (
     MAX_PIXELS,
     BadImageError,
@@ -178,52 +179,6 @@ def test_bytes_and_path_agree_and_size_is_read_from_header(tmp_path):
 needs_pydicom = pytest.mark.skipif(
     importlib.util.find_spec("pydicom") is None, reason="pydicom (murakit[dicom]) not installed"
 )
-
-
-def write_dicom(
-    path: Path,
-    pixels: np.ndarray,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int | None = None,
-    preamble: bool = True,
-    **elements,
-) -> Path:
-    """A minimal but valid DX image, written by pydicom itself."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        DigitalXRayImageStorageForPresentation,
-        ExplicitVRLittleEndian,
-        generate_uid,
-    )
-
-    frames = pixels.shape[0] if pixels.ndim == 3 and photometric.startswith("MONO") else 1
-    ds = Dataset()
-    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = generate_uid()
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape[-2:] if frames > 1 else pixels.shape[:2]
-    ds.SamplesPerPixel = 3 if photometric == "RGB" else 1
-    if photometric == "RGB":
-        ds.PlanarConfiguration = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.tobytes()
-    for key, value in elements.items():
-        setattr(ds, key, value)
-    if preamble:
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.save_as(path, enforce_file_format=True)
-    else:  # a bare dataset: no preamble, no file meta (older devices write these)
-        ds.save_as(path, implicit_vr=True, little_endian=True)
-    return path
 
 
 def bone_phantom(background: int, bone: int, dtype=np.uint16) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bad_files import write_dicom
 from murakit.data.index import load_index
 from murakit.evaluate.ensemble import load_models
 from murakit.evaluate.predict import ensemble_probabilities
@@ -110,29 +111,14 @@ def test_folder_of_studies(loaded, runtime, synth_root, valid_records, reference
 
 
 def test_dicom_and_jpeg_inputs(loaded, runtime, valid_records, tmp_path):
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
+    pytest.importorskip("pydicom")
     source = valid_records[0].path
     gray = np.asarray(Image.open(source).convert("L"))
     study = tmp_path / "mixed"
     study.mkdir()
     Image.fromarray(gray).save(study / "view1.jpg", quality=95)
     # 16-bit MONOCHROME2, as a modality would write it.
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = gray.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = (gray.astype(np.uint16) * 257).tobytes()
-    ds.save_as(study / "view2.dcm", enforce_file_format=True)
+    write_dicom(study / "view2.dcm", gray.astype(np.uint16) * 257)
 
     result = predict_studies(loaded, collect_studies([study]), runtime)
     assert not result.errors

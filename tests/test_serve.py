@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from PIL import Image
 
 httpx = pytest.importorskip("httpx")
 
+from bad_files import png_bomb_bytes, write_dicom  # noqa: E402
 from murakit.data.index import load_index  # noqa: E402
 from murakit.serve.app import create_app, running_server  # noqa: E402
 
@@ -46,40 +45,9 @@ def study_pngs(synth_root) -> list[tuple[str, bytes]]:
 
 
 def _dicom_bytes(gray: np.ndarray) -> bytes:
-    """A 16-bit MONOCHROME2 DICOM file, explicit VR little endian, made in memory."""
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = gray.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (gray.astype(np.uint16) * 16).tobytes()  # 12-bit range, as detectors give
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def _png_bomb(side: int = 20000) -> bytes:
-    """A valid 1-bit PNG of side x side pixels: ~50 kB on disk, 400 megapixels decoded."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    rows = zlib.compress(bytes((side // 8 + 1) * side), 9)
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-    )
+    """A 12-bit MONOCHROME2 DICOM file (the range detectors give), made in memory."""
+    pytest.importorskip("pydicom")
+    return write_dicom(io.BytesIO(), gray.astype(np.uint16) * 16, bits_stored=12).getvalue()
 
 
 def _post(client, files, **fields):
@@ -139,7 +107,7 @@ def test_bad_uploads_refused_clearly(client, study_pngs, case, status, words):
     files = {
         "empty": [good, ("empty.png", b"")],
         "text": [("notes.png", b"Patient notes: left wrist, fall on outstretched hand.\n")],
-        "bomb": [("huge.png", _png_bomb())],
+        "bomb": [("huge.png", png_bomb_bytes())],
         "truncated": [("cut.png", good[1][: len(good[1]) // 2])],
         "twelve": [good] * 12,
         "none": [],
@@ -174,7 +142,7 @@ def test_oversized_file_and_body(trained_run, study_pngs):
 
 def test_still_serves_after_bad_requests_and_writes_nothing(client, study_pngs, trained_run):
     before = sorted(p.name for p in trained_run.iterdir())
-    for files in ([("x.png", b"")], [("y.png", b"hello")], [("z.png", _png_bomb())]):
+    for files in ([("x.png", b"")], [("y.png", b"hello")], [("z.png", png_bomb_bytes())]):
         assert _post(client, files).status_code >= 400
     response = _post(client, study_pngs, cam="false")
     assert response.status_code == 200 and len(response.json()["images"]) == len(study_pngs)
