@@ -143,6 +143,49 @@ def synth(
 PresetOpt = Annotated[
     str, typer.Option(help="Recipe: reference (the report), mura-paper (Rajpurkar 2017), demo.")
 ]
+# The recipe flags `train` and `ensemble train` share (None = keep the preset's value).
+ArchOpt = Annotated[
+    str | None, typer.Option(help="densenet169 | densenet121 | densenet201 | densenet-mini.")
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(help="imagenet (torch hub cache, downloaded if online) | none | PATH."),
+]
+SizeOpt = Annotated[int | None, typer.Option(help="Input size in pixels (square).")]
+BatchSizeOpt = Annotated[int | None, typer.Option(help="Images per batch.")]
+LrOpt = Annotated[float | None, typer.Option(help="Adam learning rate.")]
+LossOpt = Annotated[str | None, typer.Option(help="bce | weighted-bce.")]
+WorkersOpt = Annotated[int | None, typer.Option(help="DataLoader worker processes.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")]
+MixedPrecisionOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--mixed-precision/--no-mixed-precision",
+        help="bf16 autocast on CPU (where supported) / AMP on CUDA.",
+    ),
+]
+MaxTrainImagesOpt = Annotated[
+    int | None, typer.Option(help="Train on a random subset of this many images (0 = all).")
+]
+FixInvertedOpt = Annotated[
+    bool | None,
+    typer.Option("--fix-inverted/--no-fix-inverted", help="Invert images detected as inverted."),
+]
+MaskMarkersOpt = Annotated[
+    bool | None,
+    typer.Option("--mask-markers/--no-mask-markers", help="Mask detected letter markers."),
+]
+PanelsOpt = Annotated[str | None, typer.Option(help="Multi-radiograph images: keep | largest.")]
+CacheOpt = Annotated[
+    str | None, typer.Option(help="Decoded-image cache folder made by `murakit cache`.")
+]
+SkipBadOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--skip-bad/--no-skip-bad",
+        help="Skip unreadable images and bad CSV rows, list them at the end.",
+    ),
+]
 
 
 def _train_options(preset: str, **overrides):
@@ -160,57 +203,26 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create/resume.")],
     data: Annotated[Path | None, typer.Option(help="Dataset folder (MURA-v1.1/).")] = None,
     preset: PresetOpt = "reference",
-    arch: Annotated[
-        str | None, typer.Option(help="densenet169 | densenet121 | densenet201 | densenet-mini.")
-    ] = None,
-    weights: Annotated[
-        str | None,
-        typer.Option(help="imagenet (torch hub cache, downloaded if online) | none | PATH."),
-    ] = None,
+    arch: ArchOpt = None,
+    weights: WeightsOpt = None,
     epochs: Annotated[
         int | None,
         typer.Option(help="Total epochs (with --resume: train further up to this many)."),
     ] = None,
-    size: Annotated[int | None, typer.Option(help="Input size in pixels (square).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
-    loss: Annotated[str | None, typer.Option(help="bce | weighted-bce.")] = None,
+    size: SizeOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
+    loss: LossOpt = None,
     seed: Annotated[int | None, typer.Option(help="Seed for init, order, augmentation.")] = None,
-    workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
-    bf16: Annotated[
-        bool | None,
-        typer.Option(
-            "--mixed-precision/--no-mixed-precision",
-            help="bf16 autocast on CPU (where supported) / AMP on CUDA.",
-        ),
-    ] = None,
-    max_train_images: Annotated[
-        int | None, typer.Option(help="Train on a random subset of this many images (0 = all).")
-    ] = None,
-    fix_inverted: Annotated[
-        bool | None,
-        typer.Option(
-            "--fix-inverted/--no-fix-inverted", help="Invert images detected as inverted."
-        ),
-    ] = None,
-    mask_markers: Annotated[
-        bool | None,
-        typer.Option("--mask-markers/--no-mask-markers", help="Mask detected letter markers."),
-    ] = None,
-    panels: Annotated[
-        str | None, typer.Option(help="Multi-radiograph images: keep | largest.")
-    ] = None,
-    cache: Annotated[
-        str | None, typer.Option(help="Decoded-image cache folder made by `murakit cache`.")
-    ] = None,
-    skip_bad: Annotated[
-        bool | None,
-        typer.Option(
-            "--skip-bad/--no-skip-bad",
-            help="Skip unreadable images and bad CSV rows, list them at the end.",
-        ),
-    ] = None,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = None,
+    bf16: MixedPrecisionOpt = None,
+    max_train_images: MaxTrainImagesOpt = None,
+    fix_inverted: FixInvertedOpt = None,
+    mask_markers: MaskMarkersOpt = None,
+    panels: PanelsOpt = None,
+    cache: CacheOpt = None,
+    skip_bad: SkipBadOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
 ) -> None:
     """Train one DenseNet into a run directory (config, metrics.csv, loss curve, best.pt)."""
@@ -299,18 +311,23 @@ def ensemble_train(
         typer.Option(help="Members trained at once (one per GPU, or CPU processes sharing cores)."),
     ] = 1,
     preset: PresetOpt = "reference",
-    arch: Annotated[str | None, typer.Option(help="Network (see `train --help`).")] = None,
-    weights: Annotated[str | None, typer.Option(help="imagenet | none | PATH.")] = None,
+    arch: ArchOpt = None,
+    weights: WeightsOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per member.")] = None,
-    size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    size: SizeOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
+    loss: LossOpt = None,
     seed: Annotated[int | None, typer.Option(help="First member's seed.")] = None,
-    workers: Annotated[int | None, typer.Option(help="DataLoader workers.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda.")] = None,
-    max_train_images: Annotated[
-        int | None, typer.Option(help="Train each member on a random subset of this many images.")
-    ] = None,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = None,
+    bf16: MixedPrecisionOpt = None,
+    max_train_images: MaxTrainImagesOpt = None,
+    fix_inverted: FixInvertedOpt = None,
+    mask_markers: MaskMarkersOpt = None,
+    panels: PanelsOpt = None,
+    cache: CacheOpt = None,
+    skip_bad: SkipBadOpt = None,
 ) -> None:
     """Train N members (resumable: finished members are kept), then keep the K best."""
     from murakit.evaluate.ensemble import train_ensemble
@@ -324,10 +341,17 @@ def ensemble_train(
         size=size,
         batch_size=batch_size,
         lr=lr,
+        loss=loss,
         seed=seed,
         workers=workers,
         device=device,
+        bf16=bf16,
         max_train_images=max_train_images,
+        fix_inverted=fix_inverted,
+        mask_markers=mask_markers,
+        panels=panels,
+        cache=cache,
+        skip_bad=skip_bad,
     )
     try:
         members = _run_training(
