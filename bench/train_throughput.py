@@ -65,27 +65,17 @@ def run_phase(args: argparse.Namespace) -> dict:
         described = f"{device} (fp32, NCHW, malloc untouched)"
     else:
         from murakit.train.device import make_runtime
-        from murakit.train.loss import weighted_bce
+        from murakit.train.loop import train_step
 
         runtime = make_runtime(str(device), mixed_precision=True, channels_last=True)
         model = runtime.prepare_model(model)
-        batch, labels = runtime.batch(images), labels.to(runtime.device)
+        batch, labels = runtime.batch(images), labels.to(runtime.device)  # once, like plain
         weights = torch.ones(args.batch, device=runtime.device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        scaler = torch.amp.GradScaler("cuda") if runtime.amp_dtype == torch.float16 else None
+        scaler = runtime.grad_scaler()
 
         def step() -> None:
-            with runtime.autocast():
-                logits = model(batch)[:, 0]
-            loss = weighted_bce(logits, labels, weights) / args.batch
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            train_step(model, batch, labels, weights, optimizer, scaler, runtime)
 
         described = runtime.describe() + (", malloc tuned" if device.type == "cpu" else "")
 

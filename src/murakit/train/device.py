@@ -58,6 +58,10 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16 needs loss scaling against underflow; bf16 and fp32 do not."""
+        return torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(self.device)
         if self.channels_last:

@@ -155,7 +155,7 @@ def train_run(
         if config.plateau_patience >= 0
         else None
     )
-    scaler = torch.amp.GradScaler("cuda") if runtime.amp_dtype == torch.float16 else None
+    scaler = runtime.grad_scaler()
 
     result = RunResult(out, skipped=skipped)
     state = {"epochs_done": 0, "step": 0, "partial": [0.0, 0.0, 0.0]}
@@ -379,27 +379,13 @@ def _train_epoch(
         torch.manual_seed(
             int(np.random.SeedSequence([seed, epoch, step, ctx.rank]).generate_state(1)[0])
         )
-        batch = runtime.batch(images)
         labels = labels.to(runtime.device, non_blocking=True)
         batch_weights = weights[index].to(runtime.device, non_blocking=True)
-        with runtime.autocast():
-            logits = model(batch)[:, 0]
-        loss_total = weighted_bce(logits, labels, batch_weights)
-        optimizer.zero_grad(set_to_none=True)
-        # DDP averages gradients over ranks; per-image mean over this rank's batch keeps the
-        # global gradient equal to the mean over the global batch (equal shard sizes).
-        loss = loss_total / len(labels)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        loss_total = train_step(model, images, labels, batch_weights, optimizer, scaler, runtime)
         now = time.perf_counter()
         seconds += now - tick
         tick = now
-        loss_sum += float(loss_total.detach())
+        loss_sum += float(loss_total)
         n_images += len(labels)
         step += 1
         state.update(step=step, partial=[loss_sum, n_images, seconds])
@@ -417,6 +403,27 @@ def _train_epoch(
     )
     per_rank_seconds = total_seconds / ctx.world_size
     return total_loss / max(total_images, 1), per_rank_seconds, total_images, False
+
+
+def train_step(model, images, labels, weights, optimizer, scaler, runtime: Runtime):
+    """One optimisation step on a loader batch (labels and weights already on the device);
+    returns the batch's summed weighted loss, detached."""
+    batch = runtime.batch(images)  # (augmented outside autocast: full precision)
+    with runtime.autocast():
+        logits = model(batch)[:, 0]
+    loss_total = weighted_bce(logits, labels, weights)
+    optimizer.zero_grad(set_to_none=True)
+    # DDP averages gradients over ranks; per-image mean over this rank's batch keeps the
+    # global gradient equal to the mean over the global batch (equal shard sizes).
+    loss = loss_total / len(labels)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss_total.detach()
 
 
 def _validate(model, valid_set, valid_weights, runtime, config, ctx, bar) -> dict:
