@@ -1,14 +1,13 @@
 """Do CAMs point at the abnormality? The orientation check for murakit.explain.cam.
 
 On synthetic MURA the finding's box is known (synth_truth.csv). For every validation image that
-shows a finding, the CAM (at 512 px, cropped back to the original image) has its peak inside the
-box or not. Chance is what a peak dropped uniformly at random would score: the box's share of the
-image, averaged. A CAM that is flipped, transposed, or misplaced by the padding crop scores at or
-below chance; a working one scores far above. As a stricter baseline the image centre's hit rate
-is printed too (findings sit on bones, which are often central).
+shows a finding, the CAM (cropped back to the original image) is scored by
+murakit.explain.localization: its peak inside the box, its peak within one CAM cell of the box,
+and the box hotter than the rest of the image, each beside its chance level and beside the same
+score of the mirrored map (what a left-right error would give).
 
     python bench/cam_hit_rate.py                      # generate, train (~2 CPU minutes), test
-    python bench/cam_hit_rate.py --model RUN_OR_ENSEMBLE --data SYNTH_OUT
+    python bench/cam_hit_rate.py --model RUN_OR_ENSEMBLE --data SYNTH_OUT [--cam-size 256]
 
 The figures of the default `make demo` ensemble are in README.md ("What the synthetic demo
 does and does not show"), with the command that gives them.
@@ -17,102 +16,13 @@ does and does not show"), with the command that gives them.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
-from murakit.data.dataset import apply_config_fixes
-from murakit.data.imageio import read_grayscale
 from murakit.evaluate.ensemble import load_models, run_is_finished
-from murakit.explain.cam import cam_on_original, cam_peak, compute_cam, overlay, save_overlay
-
-
-def parse_box(text: str) -> tuple[float, float, float, float]:
-    x0, y0, x1, y1 = (float(v) for v in text.split())
-    return x0, y0, x1, y1
-
-
-def inside(x: float, y: float, box: tuple[float, float, float, float]) -> bool:
-    """Pixel (x, y) covers [x, x+1) x [y, y+1): a hit when it overlaps the box."""
-    x0, y0, x1, y1 = box
-    return x + 1 > x0 and x < x1 and y + 1 > y0 and y < y1
-
-
-def box_fraction(box: tuple[float, float, float, float], h: int, w: int) -> float:
-    x0, y0, x1, y1 = box
-    bw = max(0.0, min(x1, w) - max(x0, 0.0))
-    bh = max(0.0, min(y1, h) - max(y0, 0.0))
-    return bw * bh / (h * w)
-
-
-def finding_rows(data: Path, split: str = "valid") -> list[dict]:
-    """Truth rows of `split` whose image shows a finding (abnormal studies only ever do)."""
-    with open(data / "synth_truth.csv", newline="") as f:
-        return [r for r in csv.DictReader(f) if r["split"] == split and r["finding_box"].strip()]
-
-
-def hit_rate(
-    loaded,
-    data: Path,
-    cam_size: int = 512,
-    split: str = "valid",
-    overlays: Path | None = None,
-    n_overlays: int = 0,
-    limit: int = 0,
-) -> dict:
-    """Peak-in-box rate of the CAMs of `loaded` over `split`'s findings, with its baselines."""
-    rows = finding_rows(data, split)[: limit or None]
-    if not rows:
-        raise SystemExit(f"{data}: no {split} images with a finding in synth_truth.csv")
-    hits, chance, centre, near, near_chance = [], [], [], [], []
-    by_kind: dict[str, list[bool]] = defaultdict(list)
-    for i, row in enumerate(rows):
-        image = apply_config_fixes(read_grayscale(data / row["image"]), loaded.config)
-        h, w = image.shape
-        box = parse_box(row["finding_box"])
-        result = compute_cam(loaded, image, cam_size)
-        heat = cam_on_original(result.cam, image.shape, cam_size)
-        x, y = cam_peak(heat)
-        hit = inside(x, y, box)
-        hits.append(hit)
-        by_kind[row["finding"]].append(hit)
-        chance.append(box_fraction(box, h, w))
-        centre.append(inside(w // 2, h // 2, box))
-        # The pointing game's tolerance: one CAM cell (the map is cam_size/32 cells across
-        # the padded square), with its own chance level.
-        cell = max(h, w) * 32 / cam_size
-        grown = (box[0] - cell, box[1] - cell, box[2] + cell, box[3] + cell)
-        near.append(inside(x, y, grown))
-        near_chance.append(box_fraction(grown, h, w))
-        if overlays and i < n_overlays:
-            name = row["image"].split("/", 2)[-1].replace("/", "_")
-            picture = overlay(
-                image, heat, result.probability, f"{row['finding']} {'hit' if hit else 'miss'}"
-            )
-            _draw_box(picture, box)
-            save_overlay(overlays / name, picture)
-    rate, base = float(np.mean(hits)), float(np.mean(chance))
-    return {
-        "images": len(rows),
-        "hit_rate": rate,
-        "chance": base,
-        "ratio": rate / base if base else float("inf"),
-        "centre_hit_rate": float(np.mean(centre)),
-        "within_one_cell": float(np.mean(near)),
-        "within_one_cell_chance": float(np.mean(near_chance)),
-        "by_finding": {k: [float(np.mean(v)), len(v)] for k, v in sorted(by_kind.items())},
-        "cam_size": cam_size,
-    }
-
-
-def _draw_box(picture, box) -> None:
-    from PIL import ImageDraw
-
-    ImageDraw.Draw(picture).rectangle(box, outline=(0, 255, 0), width=2)
+from murakit.explain.cam import overlay, save_overlay
+from murakit.explain.localization import localization_scores
 
 
 def train_model(data: Path, run: Path, args: argparse.Namespace) -> Path:
@@ -136,6 +46,42 @@ def train_model(data: Path, run: Path, args: argparse.Namespace) -> Path:
     return run
 
 
+def overlay_writer(folder: Path, count: int):
+    """An ``on_image`` callback that saves the first ``count`` overlays, the box in green."""
+    from PIL import ImageDraw
+
+    seen = [0]
+
+    def write(row, image, heat, result, scores) -> None:
+        if seen[0] >= count:
+            return
+        seen[0] += 1
+        verdict = "hit" if scores["hit"] else "miss"
+        picture = overlay(image, heat, result.probability, f"{row['finding']} {verdict}")
+        x0, y0, x1, y1 = (float(v) for v in row["finding_box"].split())
+        ImageDraw.Draw(picture).rectangle((x0, y0, x1, y1), outline=(0, 255, 0), width=2)
+        save_overlay(folder / (row["image"].split("/", 2)[-1].replace("/", "_")), picture)
+
+    return write
+
+
+LABELS = {"all": "all", "detected": "detected (P >= 0.5)", "mirrored": "control: mirrored map"}
+
+
+def print_table(result: dict) -> None:
+    print(f"CAM at {result['cam_size']} px, {result['split']} images with a finding")
+    print(f"{'':<24}{'n':>5}  {'peak in box':>18}  {'peak within 1 cell':>18}  {'box hotter':>10}")
+    kinds = sorted(k for k in result if k.startswith("finding:"))
+    for name in [g for g in LABELS if g in result] + kinds:
+        s = result[name]
+        label = LABELS.get(name) or "  " + name.removeprefix("finding:")
+        print(
+            f"{label:<24}{s['images']:>5}  {s['hit']:>7.1%} (ch {s['hit_chance']:>5.1%})"
+            f"  {s['near']:>7.1%} (ch {s['near_chance']:>5.1%})  {s['hotter']:>10.1%}"
+        )
+    print("ch = chance; a box hotter than the rest has chance 50%")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/cam_hit_rate"))
@@ -143,6 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", type=Path, help="an existing run or ensemble (skips training)")
     p.add_argument("--studies", type=int, default=1000)
     p.add_argument("--difficulty", type=float, default=0.5)
+    p.add_argument(
+        "--findings", default="all", help="comma-separated finding kinds to generate (default all)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="default: the demo preset's")
     p.add_argument("--size", type=int, default=128, help="training input size")
@@ -165,11 +114,12 @@ def main(argv: list[str] | None = None) -> dict:
             seed=args.seed,
             difficulty=args.difficulty,
             workers=args.workers,
+            **({} if args.findings == "all" else {"findings": args.findings.split(",")}),
         )
     model = args.model or train_model(data, args.out / "run", args)
     loaded = load_models(model)
-    result = hit_rate(
-        loaded, data, args.cam_size, overlays=args.out / "overlays", n_overlays=args.overlays
+    result = localization_scores(
+        loaded, data, args.cam_size, on_image=overlay_writer(args.out / "overlays", args.overlays)
     )
     result.update(
         model=str(model),
@@ -179,17 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cam_hit_rate.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{result['images']} valid images with a finding, CAM at {args.cam_size} px")
-    print(f"  CAM peak inside the finding's box: {result['hit_rate']:.1%}")
-    print(f"  chance (box area / image area):    {result['chance']:.1%}")
-    print(f"  ratio:                             {result['ratio']:.2f}x")
-    print(f"  image centre inside the box:       {result['centre_hit_rate']:.1%}")
-    print(
-        f"  peak within one CAM cell of the box: {result['within_one_cell']:.1%} "
-        f"(chance {result['within_one_cell_chance']:.1%})"
-    )
-    for kind, (rate, n) in result["by_finding"].items():
-        print(f"    {kind:<14} {rate:6.1%}  (n={n})")
+    print_table(result)
     return result
 
 

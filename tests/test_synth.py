@@ -200,6 +200,26 @@ def test_other_seed_differs_and_rerun_replaces_the_set(tmp_path):
     assert _files(a.root) == _files(b.root)
 
 
+def test_findings_limits_the_kinds_abnormal_studies_show(tmp_path):
+    synth.generate(tmp_path, studies=40, seed=3, workers=1, findings=("cast", "hardware"))
+    with open(tmp_path / "synth_truth.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    shown = {r["finding"] for r in rows if r["finding"]}
+    assert shown == {"cast", "hardware"}
+    assert all(r["finding_box"] for r in rows if r["finding"])
+
+
+@pytest.mark.parametrize(
+    "kinds, message",
+    [(("fracture", "tumour"), "unknown finding kind(s) tumour"), ((), "(none given)")]
+    + [(("degenerative",), "forearm and humerus have no joint")],
+)
+def test_findings_it_cannot_draw_are_refused(tmp_path, kinds, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        synth.generate(tmp_path, studies=5, workers=1, findings=kinds)
+    assert not (tmp_path / "MURA-v1.1").exists()  # refused before writing anything
+
+
 def test_refuses_to_overwrite_a_tree_it_did_not_write(tmp_path):
     (tmp_path / "MURA-v1.1" / "train").mkdir(parents=True)
     with pytest.raises(FileExistsError):

@@ -120,9 +120,21 @@ def synth(
         float, typer.Option(help="0 = obvious findings, 1 = subtle ones.", min=0.0, max=1.0)
     ] = 0.5,
     workers: Annotated[int, typer.Option(help="Processes (0 = all cores).")] = 0,
+    findings: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated kinds abnormal studies may show: fracture, hardware, "
+            "lytic_lesion, cast, degenerative (default: all)."
+        ),
+    ] = "all",
 ) -> None:
     """Generate a synthetic dataset in MURA's exact format, with a ground-truth sidecar."""
-    from murakit.data.synth import generate
+    from murakit.data.synth import FINDINGS, check_findings, generate
+
+    try:
+        kinds = FINDINGS if findings == "all" else check_findings(findings.split(","))
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--findings") from None
 
     with progress_bar(console=err_console) as bar:
         task = bar.add_task("generating radiographs", total=None, status="")
@@ -131,7 +143,13 @@ def synth(
             bar.update(task, completed=done, total=total)
 
         summary = generate(
-            out, studies=studies, seed=seed, difficulty=difficulty, workers=workers, progress=update
+            out,
+            studies=studies,
+            seed=seed,
+            difficulty=difficulty,
+            workers=workers,
+            progress=update,
+            findings=kinds,
         )
     console.print(
         f"wrote {summary.images} images in {summary.studies} studies of {summary.patients} "

@@ -21,7 +21,7 @@ import shutil
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -451,12 +451,15 @@ def render_view(
     return pixels, row
 
 
-def render_study(plan: StudyPlan, seed: int, d: float) -> list[tuple[np.ndarray, dict]]:
-    """All views of a study: one patient's anatomy and one finding, shown in some views."""
+def render_study(
+    plan: StudyPlan, seed: int, d: float, findings: Sequence[str] = FINDINGS
+) -> list[tuple[np.ndarray, dict]]:
+    """All views of a study: one patient's anatomy and one finding (of the kinds in
+    `findings`), shown in some views."""
     rng = _rng(seed, plan.index, 0, "study")
     shape = rng.random(16)
     ref = anat.build(plan.part, shape, 0.0)
-    finding = anat.choose_finding(plan.part, ref, rng, (seed, plan.index))
+    finding = anat.choose_finding(plan.part, ref, rng, (seed, plan.index), findings)
     show = rng.random(plan.views) < P_SHOW
     if not show.any():
         show[int(rng.integers(plan.views))] = True
@@ -493,12 +496,12 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     )
 
 
-def _write_study(job: tuple[StudyPlan, int, float, str]) -> list[dict]:
+def _write_study(job: tuple[StudyPlan, int, float, str, tuple[str, ...]]) -> list[dict]:
     """Worker: render one study and save its PNGs; returns the truth rows."""
-    plan, seed, d, out = job
+    plan, seed, d, out, findings = job
     (Path(out) / plan.directory).mkdir(parents=True, exist_ok=True)
     rows = []
-    for pixels, row in render_study(plan, seed, d):
+    for pixels, row in render_study(plan, seed, d, findings):
         (Path(out) / row["image"]).write_bytes(png_bytes(pixels))
         rows.append(row)
     return rows
@@ -531,6 +534,21 @@ def _write_csvs(out: Path, plans: list[StudyPlan], rows: list[dict]) -> None:
     atomic_write_text(out / "synth_truth.csv", buf.getvalue())
 
 
+def check_findings(findings: Sequence[str]) -> tuple[str, ...]:
+    """`findings` as a tuple of known kinds; degenerative alone is refused, because the forearm
+    and humerus have no joint to show it on."""
+    kinds = tuple(dict.fromkeys(findings))
+    unknown = [k for k in kinds if k not in FINDINGS]
+    if unknown or not kinds:
+        raise ValueError(
+            f"unknown finding kind(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(FINDINGS)}"
+        )
+    if kinds == ("degenerative",):
+        raise ValueError("degenerative needs a second kind: forearm and humerus have no joint")
+    return kinds
+
+
 def generate(
     out: Path,
     studies: int = 400,
@@ -538,11 +556,14 @@ def generate(
     difficulty: float = 0.5,
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    findings: Sequence[str] = FINDINGS,
 ) -> SynthSummary:
     """Write a synthetic MURA-v1.1 tree, its four CSVs and synth_truth.csv under `out`.
 
     `difficulty` in [0, 1] shrinks and fades findings and adds noise; `workers` 0 means one
     process per CPU; `progress(done_images, total_images)` is called as studies finish.
+    `findings` limits abnormal studies to those kinds (e.g. to study one kind's CAMs); the
+    default, all five, gives the same bytes as before the option existed.
     """
     if studies < 1:
         raise ValueError("studies must be at least 1")
@@ -550,12 +571,13 @@ def generate(
         raise ValueError("seed must be >= 0")
     if not 0.0 <= difficulty <= 1.0:
         raise ValueError("difficulty must lie in [0, 1]")
+    findings = check_findings(findings)
     start = time.perf_counter()
     out = Path(out)
     _prepare(out)
     plans = plan_studies(studies, seed)
     total = sum(p.views for p in plans)
-    jobs = [(p, seed, float(difficulty), str(out)) for p in plans]
+    jobs = [(p, seed, float(difficulty), str(out), findings) for p in plans]
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     rows: list[dict] = []
 

@@ -10,6 +10,7 @@ bones in the same order for every view of a study, because findings refer to bon
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -596,9 +597,13 @@ def _degenerative(a: Anatomy, j: int, rng, d) -> tuple[list[Stamp], np.ndarray]:
     return [(polys, "bone", "add")], _box_poly(p, u, n, 0.5 * width, 0.6 * width + size)
 
 
-def choose_finding(part: str, ref: Anatomy, rng: np.random.Generator, key) -> Finding:
-    """Kind and place of a study's finding (drawn for normal studies too, never drawn there)."""
-    odds = np.array(FINDING_ODDS)
+def choose_finding(
+    part: str, ref: Anatomy, rng: np.random.Generator, key, kinds: Sequence[str] = FINDINGS
+) -> Finding:
+    """Kind and place of a study's finding (drawn for normal studies too, never drawn there),
+    among ``kinds`` at their FINDING_ODDS; degenerative needs a joint, so a part without one
+    draws among the others (the generator refuses ``kinds`` that leave none)."""
+    odds = np.array([p if k in kinds else 0.0 for k, p in zip(FINDINGS, FINDING_ODDS, strict=True)])
     if part in NO_JOINT_PARTS or not ref.joints:
         odds[FINDINGS.index("degenerative")] = 0.0
     kind = FINDINGS[int(rng.choice(len(FINDINGS), p=odds / odds.sum()))]
