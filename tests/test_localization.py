@@ -83,23 +83,25 @@ def test_a_folder_without_truth_is_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_trained_cams_point_at_the_synthetic_findings(tmp_path):
+def test_trained_cams_point_into_the_synthetic_findings(tmp_path):
     """The orientation check on the generator's own ground truth (synth_truth.csv): a mini
-    DenseNet trained with the demo preset on casts and plates (the kinds it learns best). Its
-    512 px CAMs make the finding's box hotter than the rest of the image for most findings it
-    detects, and put their peak within one CAM cell of the box far more often than chance; the
-    same maps mirrored (a left-right error) do neither. The strict "peak inside the box" rate
-    is not asserted: for these from-scratch models it is only about 1.4-1.7x chance (README)."""
+    DenseNet trained with the demo preset at lr 3e-4 on casts and plates. Its 512 px CAMs put
+    their peak inside the finding's box far more often than chance (about 3x here, 10x for
+    plates), and make the box hotter than the rest of the image for most findings it detects;
+    the same maps mirrored (a left-right error) do neither. (At the demo's lr 1e-3 the maps
+    drift about a cell off the findings: README, "What the synthetic demo does and does not
+    show".)"""
     from murakit.evaluate.ensemble import load_models
     from murakit.train.loop import train_run
 
     data = tmp_path / "synth"
     generate(data, studies=800, seed=0, workers=2, findings=("cast", "hardware"))
-    config = make_config("demo", data=str(data / "MURA-v1.1"), seed=0, workers=0)
+    config = make_config("demo", data=str(data / "MURA-v1.1"), seed=0, lr=3e-4, workers=0)
     train_run(config, tmp_path / "run")
     result = localization_scores(load_models(tmp_path / "run"), data, cam_size=512)
     seen, detected, mirrored = result["all"], result["detected"], result["mirrored"]
     assert detected["images"] >= 0.5 * seen["images"]  # it learned the findings at all
-    assert detected["hotter"] >= 0.7 and mirrored["hotter"] <= detected["hotter"] - 0.1
-    assert seen["near"] >= 1.5 * seen["near_chance"]
-    assert seen["near"] >= mirrored["near"] + 0.1
+    assert seen["hit"] >= 2 * seen["hit_chance"] and seen["hit"] >= mirrored["hit"] + 0.1
+    plates = result["finding:hardware"]
+    assert plates["hit"] >= 4 * plates["hit_chance"]
+    assert detected["hotter"] >= 0.8 and mirrored["hotter"] <= detected["hotter"] - 0.1

@@ -87,7 +87,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # Small and fast for a CPU: a mini DenseNet from scratch at 128 px on synthetic data.
     # lr 1e-3 learns fast but its validation loss swings by 0.2 between epochs; dividing it
-    # by 10 as soon as validation loss fails to improve (patience 0) settles it.
+    # by 10 as soon as validation loss fails to improve (patience 0) settles it. It also lets
+    # the CAM peaks drift about a cell off the findings; --lr 3e-4 keeps them on (README).
     "demo": dict(
         arch="densenet-mini",
         weights="none",
