@@ -22,7 +22,7 @@ from pathlib import Path
 
 from murakit.evaluate.ensemble import load_models, run_is_finished
 from murakit.explain.cam import overlay, save_overlay
-from murakit.explain.localization import localization_scores
+from murakit.explain.localization import localization_scores, parse_box
 
 
 def train_model(data: Path, run: Path, args: argparse.Namespace) -> Path:
@@ -58,8 +58,8 @@ def overlay_writer(folder: Path, count: int):
         seen[0] += 1
         verdict = "hit" if scores["hit"] else "miss"
         picture = overlay(image, heat, result.probability, f"{row['finding']} {verdict}")
-        x0, y0, x1, y1 = (float(v) for v in row["finding_box"].split())
-        ImageDraw.Draw(picture).rectangle((x0, y0, x1, y1), outline=(0, 255, 0), width=2)
+        box = parse_box(row["finding_box"])
+        ImageDraw.Draw(picture).rectangle(box, outline=(0, 255, 0), width=2)
         save_overlay(folder / (row["image"].split("/", 2)[-1].replace("/", "_")), picture)
 
     return write
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     data = args.data or args.out / "synth"
     if not (data / "synth_truth.csv").exists():
-        from murakit.data.synth import generate
+        from murakit.data.synth import generate, parse_findings
 
         print(f"generating {args.studies} studies (difficulty {args.difficulty}) in {data}")
         generate(
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
             seed=args.seed,
             difficulty=args.difficulty,
             workers=args.workers,
-            **({} if args.findings == "all" else {"findings": args.findings.split(",")}),
+            findings=parse_findings(args.findings),
         )
     model = args.model or train_model(data, args.out / "run", args)
     loaded = load_models(model)

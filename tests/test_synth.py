@@ -220,6 +220,19 @@ def test_findings_it_cannot_draw_are_refused(tmp_path, kinds, message):
     assert not (tmp_path / "MURA-v1.1").exists()  # refused before writing anything
 
 
+def test_cli_findings_option_is_checked_before_anything_is_written(tmp_path):
+    from typer.testing import CliRunner
+
+    from murakit.cli import app
+
+    assert synth.parse_findings("all") == synth.FINDINGS
+    assert synth.parse_findings("cast,hardware,cast") == ("cast", "hardware")
+    result = CliRunner().invoke(app, ["synth", str(tmp_path), "--findings", "cast,tumour"])
+    assert result.exit_code == 2
+    assert "unknownfindingkind(s)tumour" in "".join(result.output.split())  # rich may wrap
+    assert not (tmp_path / "MURA-v1.1").exists()
+
+
 def test_refuses_to_overwrite_a_tree_it_did_not_write(tmp_path):
     (tmp_path / "MURA-v1.1" / "train").mkdir(parents=True)
     with pytest.raises(FileExistsError):

@@ -129,10 +129,10 @@ def synth(
     ] = "all",
 ) -> None:
     """Generate a synthetic dataset in MURA's exact format, with a ground-truth sidecar."""
-    from murakit.data.synth import FINDINGS, check_findings, generate
+    from murakit.data.synth import generate, parse_findings
 
     try:
-        kinds = FINDINGS if findings == "all" else check_findings(findings.split(","))
+        kinds = parse_findings(findings)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--findings") from None
 

@@ -549,6 +549,11 @@ def check_findings(findings: Sequence[str]) -> tuple[str, ...]:
     return kinds
 
 
+def parse_findings(text: str) -> tuple[str, ...]:
+    """A `--findings` value: "all", or comma-separated kinds checked by `check_findings`."""
+    return FINDINGS if text == "all" else check_findings(text.split(","))
+
+
 def generate(
     out: Path,
     studies: int = 400,
