@@ -1,13 +1,15 @@
 """Do CAMs point at the abnormality? The orientation check for murakit.explain.cam.
 
-On synthetic MURA the finding's box is known (synth_truth.csv). For every validation image that
-shows a finding, the CAM (cropped back to the original image) is scored by
+On synthetic MURA the finding's box is known (synth_truth.csv); on FracAtlas imported by
+`murakit import fracatlas`, the radiologists' fracture boxes (truth.csv). For every validation
+image that shows a finding, the CAM (cropped back to the original image) is scored by
 murakit.explain.localization: its peak inside the box, its peak within one CAM cell of the box,
 and the box hotter than the rest of the image, each beside its chance level and beside the same
 score of the mirrored map (what a left-right error would give).
 
     python bench/cam_hit_rate.py                      # generate, train (~2 CPU minutes), test
     python bench/cam_hit_rate.py --model RUN_OR_ENSEMBLE --data SYNTH_OUT [--cam-size 256]
+    python bench/cam_hit_rate.py --model RUN_OR_ENSEMBLE --data data/fa   # FracAtlas boxes
 
 The figures of the default `make demo` ensemble are in README.md ("What the synthetic demo
 does and does not show"), with the command that gives them.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from murakit.evaluate.ensemble import load_models, run_is_finished
 from murakit.explain.cam import overlay, save_overlay
-from murakit.explain.localization import localization_scores, parse_box
+from murakit.explain.localization import TRUTH_FILES, localization_scores, parse_boxes
 
 
 def train_model(data: Path, run: Path, args: argparse.Namespace) -> Path:
@@ -58,25 +60,35 @@ def overlay_writer(folder: Path, count: int):
         seen[0] += 1
         verdict = "hit" if scores["hit"] else "miss"
         picture = overlay(image, heat, result.probability, f"{row['finding']} {verdict}")
-        box = parse_box(row["finding_box"])
-        ImageDraw.Draw(picture).rectangle(box, outline=(0, 255, 0), width=2)
+        for box in parse_boxes(row["finding_box"]):
+            ImageDraw.Draw(picture).rectangle(box, outline=(0, 255, 0), width=2)
         save_overlay(folder / (row["image"].split("/", 2)[-1].replace("/", "_")), picture)
 
     return write
 
 
-LABELS = {"all": "all", "detected": "detected (P >= 0.5)", "mirrored": "control: mirrored map"}
+LABELS = {
+    "all": "all",
+    "detected": "detected",
+    "hardware": "with hardware",
+    "no hardware": "without hardware",
+    "detected, hardware": "detected, hardware",
+    "detected, no hardware": "detected, no hardware",
+    "mirrored": "control: mirrored map",
+    "mirrored: detected, no hardware": "control: mirrored, det. no hw",
+}
 
 
 def print_table(result: dict) -> None:
     print(f"CAM at {result['cam_size']} px, {result['split']} images with a finding")
-    print(f"{'':<24}{'n':>5}  {'peak in box':>18}  {'peak within 1 cell':>18}  {'box hotter':>10}")
+    print(f"detected = probability >= the model's threshold ({result['threshold']:.3g})")
+    print(f"{'':<32}{'n':>5}  {'peak in box':>18}  {'peak within 1 cell':>18}  {'box hotter':>10}")
     kinds = sorted(k for k in result if k.startswith("finding:"))
     for name in [g for g in LABELS if g in result] + kinds:
         s = result[name]
         label = LABELS.get(name) or "  " + name.removeprefix("finding:")
         print(
-            f"{label:<24}{s['images']:>5}  {s['hit']:>7.1%} (ch {s['hit_chance']:>5.1%})"
+            f"{label:<32}{s['images']:>5}  {s['hit']:>7.1%} (ch {s['hit_chance']:>5.1%})"
             f"  {s['near']:>7.1%} (ch {s['near_chance']:>5.1%})  {s['hotter']:>10.1%}"
         )
     print("ch = chance; a box hotter than the rest has chance 50%")
@@ -85,7 +97,11 @@ def print_table(result: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/cam_hit_rate"))
-    p.add_argument("--data", type=Path, help="an existing synth OUT folder (with synth_truth.csv)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="an existing synth OUT folder (synth_truth.csv) or an imported dataset (truth.csv)",
+    )
     p.add_argument("--model", type=Path, help="an existing run or ensemble (skips training)")
     p.add_argument("--studies", type=int, default=1000)
     p.add_argument("--difficulty", type=float, default=0.5)
@@ -104,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     data = args.data or args.out / "synth"
-    if not (data / "synth_truth.csv").exists():
+    if not any((data / name).exists() for name in TRUTH_FILES):
         from murakit.data.synth import generate, parse_findings
 
         print(f"generating {args.studies} studies (difficulty {args.difficulty}) in {data}")

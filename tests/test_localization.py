@@ -8,7 +8,6 @@ import pytest
 from murakit.data.synth import generate
 from murakit.evaluate.ensemble import LoadedModels
 from murakit.explain.localization import (
-    box_fraction,
     finding_rows,
     localization_scores,
     point_in_box,
@@ -30,9 +29,20 @@ def test_point_in_box_counts_the_pixel_that_overlaps_the_edge():
     assert not point_in_box(15, 40, box) and point_in_box(15, 39, box)
 
 
-def test_box_fraction_ignores_the_part_outside_the_image():
-    assert box_fraction((0, 0, 50, 20), 100, 100) == pytest.approx(0.1)
-    assert box_fraction((-50, -10, 50, 20), 100, 100) == pytest.approx(0.1)
+def test_chance_ignores_the_part_of_a_box_outside_the_image():
+    heat = np.zeros((100, 100))
+    assert score_map(heat, (0, 0, 50, 20), cell=0)["hit_chance"] == pytest.approx(0.1)
+    assert score_map(heat, (-50, -10, 50, 20), cell=0)["hit_chance"] == pytest.approx(0.1)
+
+
+def test_several_boxes_count_as_their_union():
+    """A peak in any box is a hit; chance and 'hotter' use the union (overlap counted once)."""
+    heat = _blob(100, 100, 80, 80, spread=2)
+    boxes = [(0, 0, 20, 20), (10, 10, 30, 30), (70, 70, 90, 90)]
+    score = score_map(heat, boxes, cell=0)
+    assert score["hit"] == 1.0 and score["hotter"] == 1.0
+    assert score["hit_chance"] == pytest.approx((400 + 400 - 100 + 400) / 10_000)
+    assert score_map(heat, boxes[:2], cell=0)["hit"] == 0.0
 
 
 def test_a_map_hot_on_the_box_scores_and_its_mirror_does_not():

@@ -154,7 +154,7 @@ def test_missing_path_and_empty_folder(tmp_path):
 
 
 def test_threshold_from_model_and_writers(loaded, runtime, valid_records, tmp_path, capsys):
-    stored = replace(loaded, config=loaded.config.replace(extra={"threshold": 0.0}))
+    stored = replace(loaded, threshold=0.0)
     studies = collect_studies([valid_records[0].path.parent])
     result = predict_studies(stored, studies, runtime)
     assert result.threshold == 0.0 and all(s.label == "abnormal" for s in result.studies)

@@ -67,7 +67,7 @@ def stats(
         print(json.dumps(table, indent=2))
     else:
         for split, parts in table.items():
-            console.print(_stats_table(split, parts))
+            console.print(_stats_table(split, parts, index.info))
     if check_files:
         from murakit.data.verify import find_bad_files
 
@@ -82,17 +82,18 @@ def stats(
         err_console.print(f"all {len(paths)} images decode")
 
 
-def _stats_table(split: str, parts: dict[str, dict[str, int]]) -> Table:
+def _stats_table(split: str, parts: dict[str, dict[str, int]], info) -> Table:
     from murakit.data.stats import percent
 
-    table = Table(title=f"{split}: images and studies per body part")
+    negative, positive = info.classes
+    table = Table(title=f"{info.name} {split}: images and studies per body part")
     table.add_column("part", no_wrap=True)
     for col in (
-        "normal images",
-        "abnormal images",
-        "abnormal %",
-        "normal studies",
-        "abnormal studies",
+        f"{negative} images",
+        f"{positive} images",
+        f"{positive} %",
+        f"{negative} studies",
+        f"{positive} studies",
         "patients",
     ):
         table.add_column(col, justify="right")
@@ -158,6 +159,154 @@ def synth(
     )
 
 
+import_app = typer.Typer(
+    help=(
+        "Turn labelled radiographs into a murakit dataset (MURA's layout plus dataset.json, "
+        "truth.csv and import_log.txt) that every command accepts."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(import_app, name="import")
+ValidFractionOpt = Annotated[
+    float,
+    typer.Option(help="Share of studies (whole patients) that go to valid.", min=0.0, max=0.9),
+]
+SplitSeedOpt = Annotated[int, typer.Option(help="Seed of the train/valid split.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace OUT if it exists.")]
+
+
+def _run_import(description: str, total: int, start) -> None:
+    """Run an importer under a progress bar and print what it wrote."""
+    from murakit.data.index import DatasetError
+
+    with progress_bar(console=err_console) as bar:
+        task = bar.add_task(description, total=total, status="")
+        try:
+            result = start(lambda n: bar.advance(task, n))
+        except DatasetError as err:
+            fail(str(err))
+    table = Table(title=f"imported into {result.out}")
+    table.add_column("split")
+    table.add_column("part")
+    table.add_column("images (label 0 / 1)", justify="right")
+    for split, counts in result.counts.items():
+        for part in sorted({p for p, _ in counts}):
+            table.add_row(split, part, f"{counts[(part, 0)]:,} / {counts[(part, 1)]:,}")
+    console.print(table)
+    if result.notes:
+        console.print(f"{len(result.notes)} image(s) touched by an import rule; see {result.log}")
+
+
+@import_app.command("fracatlas")
+def import_fracatlas_cmd(
+    src: Annotated[Path, typer.Argument(help="The FracAtlas release folder (holds dataset.csv).")],
+    out: Annotated[Path, typer.Argument(help="The dataset folder to create.")],
+    valid_fraction: ValidFractionOpt = 0.2,
+    seed: SplitSeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Import FracAtlas (Abedeen et al. 2023, CC BY 4.0): fractured vs not, 5 body parts.
+
+    Each image is its own study and patient (the release has no patient ids, so views of one
+    patient may land in both splits). Body part: the one region flagged among hand, leg, hip
+    and shoulder; XR_MIXED when `mixed` is set or several regions are. The split is stratified
+    by label and part, and images with identical pixels share a split (those with opposite
+    labels are left out). Where the image's folder and dataset.csv disagree on the label, the
+    COCO annotations decide (a fracture box means fractured). JPEGs cut short are decoded as
+    far as their data goes and stored as PNG. Fracture boxes and the hardware, multiscan and
+    view flags go to truth.csv; every rule applied is listed in import_log.txt; the authors'
+    credit goes to ATTRIBUTION.md.
+    """
+    from murakit.data.importers import import_fracatlas
+
+    total = sum(1 for _ in (src / "images").rglob("*.jp*g")) if (src / "images").is_dir() else 0
+    _run_import(
+        "importing FracAtlas",
+        total or None,
+        lambda progress: import_fracatlas(
+            src,
+            out,
+            valid_fraction=valid_fraction,
+            seed=seed,
+            overwrite=overwrite,
+            progress=progress,
+        ),
+    )
+
+
+@import_app.command("csv")
+def import_csv_cmd(
+    table: Annotated[
+        Path, typer.Argument(help="CSV with a header row; image paths relative to it.")
+    ],
+    out: Annotated[Path, typer.Argument(help="The dataset folder to create.")],
+    image_col: Annotated[str, typer.Option(help="Column of image paths.")] = "image",
+    label_col: Annotated[
+        str,
+        typer.Option(
+            help="Column of labels: 1/0, true/false, yes/no, positive/negative, abnormal/normal."
+        ),
+    ] = "label",
+    part_col: Annotated[
+        str | None,
+        typer.Option(help="Column of body parts ('hand' -> XR_HAND); default: all one part."),
+    ] = None,
+    patient_col: Annotated[
+        str | None,
+        typer.Option(help="Column of patient ids; default: every image its own patient."),
+    ] = None,
+    study_col: Annotated[
+        str | None,
+        typer.Option(help="Column of study ids (within a patient); default: one study per image."),
+    ] = None,
+    parts: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated allowed body parts; other values are an error."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Dataset name (default: the CSV's).")] = None,
+    classes: Annotated[
+        str, typer.Option(help="Names of label 0 and label 1, comma-separated.")
+    ] = "normal,abnormal",
+    licence: Annotated[str, typer.Option(help="Licence or terms of the data.")] = "",
+    valid_fraction: ValidFractionOpt = 0.2,
+    seed: SplitSeedOpt = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Import your own labelled radiographs (e.g. a hospital export) from a CSV table.
+
+    Images of one patient and study form a study, which must have one label; a patient never
+    lands in both splits. A missing file, a bad label or an unknown part stops the import with
+    the row named.
+    """
+    from murakit.data.importers import import_csv
+
+    class_names = [c.strip() for c in classes.split(",")]
+    if len(class_names) != 2 or not all(class_names):
+        raise typer.BadParameter("give two names, for label 0 and label 1", param_hint="--classes")
+    total = max(0, sum(1 for _ in open(table, encoding="utf-8-sig")) - 1) if table.exists() else 0
+    _run_import(
+        "importing images",
+        total or None,
+        lambda progress: import_csv(
+            table,
+            out,
+            name=name,
+            classes=class_names,
+            licence=licence,
+            valid_fraction=valid_fraction,
+            seed=seed,
+            overwrite=overwrite,
+            progress=progress,
+            image_col=image_col,
+            label_col=label_col,
+            part_col=part_col,
+            patient_col=patient_col,
+            study_col=study_col,
+            parts=None if parts is None else [p for p in parts.split(",") if p.strip()],
+        ),
+    )
+
+
 PresetOpt = Annotated[
     str, typer.Option(help="Recipe: reference (the report), mura-paper (Rajpurkar 2017), demo.")
 ]
@@ -196,6 +345,23 @@ MaskMarkersOpt = Annotated[
 PanelsOpt = Annotated[str | None, typer.Option(help="Multi-radiograph images: keep | largest.")]
 CacheOpt = Annotated[
     str | None, typer.Option(help="Decoded-image cache folder made by `murakit cache`.")
+]
+ThresholdSliceOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Share of training studies held out to choose the operating threshold "
+        "(0 = none: threshold 0.5).",
+        min=0.0,
+        max=0.5,
+    ),
+]
+ThresholdSensitivityOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="The threshold is the highest at which the held-out slice reaches this sensitivity.",
+        min=0.0,
+        max=1.0,
+    ),
 ]
 SkipBadOpt = Annotated[
     bool | None,
@@ -241,6 +407,8 @@ def train(
     panels: PanelsOpt = None,
     cache: CacheOpt = None,
     skip_bad: SkipBadOpt = None,
+    threshold_slice: ThresholdSliceOpt = None,
+    threshold_sensitivity: ThresholdSensitivityOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
 ) -> None:
     """Train one DenseNet into a run directory (config, metrics.csv, loss curve, best.pt)."""
@@ -270,6 +438,8 @@ def train(
             panels=panels,
             cache=cache,
             skip_bad=skip_bad,
+            threshold_slice=threshold_slice,
+            threshold_sensitivity=threshold_sensitivity,
         )
     try:
         config = prepare_run_dir(out, config, resume, epochs)
@@ -346,6 +516,8 @@ def ensemble_train(
     panels: PanelsOpt = None,
     cache: CacheOpt = None,
     skip_bad: SkipBadOpt = None,
+    threshold_slice: ThresholdSliceOpt = None,
+    threshold_sensitivity: ThresholdSensitivityOpt = None,
 ) -> None:
     """Train N members (resumable: finished members are kept), then keep the K best."""
     from murakit.evaluate.ensemble import train_ensemble
@@ -370,6 +542,8 @@ def ensemble_train(
         panels=panels,
         cache=cache,
         skip_bad=skip_bad,
+        threshold_slice=threshold_slice,
+        threshold_sensitivity=threshold_sensitivity,
     )
     try:
         members = _run_training(
@@ -451,7 +625,10 @@ def evaluate(
     aggregation: Annotated[
         str, typer.Option(help="Study probability from its images: mean | max | median.")
     ] = "mean",
-    threshold: Annotated[float, typer.Option(help="Abnormal when probability >= this.")] = 0.5,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Positive when probability >= this (default: the model's stored one)."),
+    ] = None,
     tta: Annotated[bool, typer.Option(help="Average with the horizontally flipped image.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 2,
@@ -490,9 +667,13 @@ def evaluate(
         except ModelDirError as err:
             fail(str(err))
     reference = REFERENCE_STUDY_ACCURACY if looks_like_mura_valid(result.metrics) else None
+    dataset = result.metrics["dataset"]
     console.print(
         format_part_table(
-            result.metrics, reference, title=f"{split}: study-level results ({model})"
+            result.metrics,
+            reference,
+            title=f"{dataset['name']} {split}: study-level results ({model}); positive = "
+            f"{dataset['classes'][1]}, called at probability >= {result.metrics['threshold']:.3g}",
         )
     )
     for message in result.skipped:

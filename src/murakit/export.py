@@ -116,7 +116,6 @@ def export_onnx(
     ``out + ".json"``. Batch size is dynamic. With `verify`, ONNX Runtime is run against
     PyTorch on a random batch and the largest difference is recorded in the sidecar.
     Returns `out`."""
-    from murakit.predict import model_threshold
 
     if opset < MIN_OPSET:
         raise ValueError(
@@ -162,7 +161,7 @@ def export_onnx(
         "model": str(loaded.source),
         "arch": loaded.config.arch,
         "members": list(loaded.names),
-        "threshold": model_threshold(loaded),
+        "threshold": loaded.threshold,
         "opset": int(actual_opset),
         "torch": torch.__version__,
         "input": {

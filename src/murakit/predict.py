@@ -28,14 +28,15 @@ import numpy as np
 
 from murakit.data.dataset import apply_config_fixes
 from murakit.data.imageio import MAX_PIXELS, BadImageError, read_grayscale
-from murakit.data.index import BODY_PARTS, IMAGE_SUFFIXES, ImageRecord
+from murakit.data.index import IMAGE_SUFFIXES, DatasetInfo, ImageRecord
 from murakit.evaluate.aggregate import AGGREGATIONS, study_probabilities
-from murakit.evaluate.ensemble import ENSEMBLE_FILE, LoadedModels
+from murakit.evaluate.ensemble import LoadedModels
 from murakit.train.device import Runtime
 
 BACKENDS = ("torch", "onnx")
+CLASSES = DatasetInfo.classes
+_PART_FOLDER = re.compile(r"^XR_[A-Z0-9_]+$")
 FORMATS = ("json", "csv")
-DEFAULT_THRESHOLD = 0.5
 CSV_COLUMNS = (
     "study",
     "part",
@@ -144,8 +145,9 @@ def _natural(path: Path) -> list:
 
 
 def _body_part(folder: Path) -> str | None:
+    """The nearest enclosing folder named like a body part (XR_HAND, XR_LEG, ...)."""
     for name in reversed(folder.parts):
-        if name.upper() in BODY_PARTS:
+        if _PART_FOLDER.match(name.upper()):
             return name.upper()
     return None
 
@@ -175,7 +177,7 @@ class ImagePrediction:
     path: str
     study: str
     probability: float
-    label: str  # "abnormal" | "normal"
+    label: str  # the class name: "abnormal" | "normal" for MURA, as the dataset names them
     cam_png: str | None = None
 
 
@@ -213,23 +215,9 @@ class PredictionResult:
         return asdict(self)
 
 
-def label_of(probability: float, threshold: float) -> str:
-    return "abnormal" if probability >= threshold else "normal"
-
-
-def model_threshold(loaded: LoadedModels) -> float:
-    """The decision threshold stored with the model (ensemble.json's or the run config's
-    ``threshold``, e.g. tuned on validation), else 0.5."""
-    ensemble_file = Path(loaded.source) / ENSEMBLE_FILE
-    if ensemble_file.exists():
-        try:
-            value = json.loads(ensemble_file.read_text()).get("threshold")
-        except (OSError, ValueError):
-            value = None
-        if value is not None:
-            return float(value)
-    value = (loaded.config.extra or {}).get("threshold")
-    return DEFAULT_THRESHOLD if value is None else float(value)
+def label_of(probability: float, threshold: float, classes: Sequence[str] = CLASSES) -> str:
+    """The name of the class called: ``classes[1]`` (positive) at or above the threshold."""
+    return classes[1] if probability >= threshold else classes[0]
 
 
 # ------------------------------------------------------------------------------ inference
@@ -362,7 +350,7 @@ def predict_studies(
 ) -> PredictionResult:
     """Probabilities and labels per image and per study.
 
-    ``threshold`` None means the model's stored one (:func:`model_threshold`). ``aggregation``
+    ``threshold`` None means the model's stored one (``LoadedModels.threshold``). ``aggregation``
     pools a study's image probabilities ("mean" as in the MURA paper, "max" or "median").
     With ``cam_dir``, a CAM overlay PNG per image is written there. Files that cannot be read
     land in ``errors`` with the reader's message; a study with no readable image is left out.
@@ -371,7 +359,7 @@ def predict_studies(
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}; choose from {AGGREGATIONS}")
     if threshold is None:
-        threshold = model_threshold(loaded)
+        threshold = loaded.threshold
     if backend == "onnx":
         onnx_file(loaded, onnx_path)  # fail before reading anything
     images: list[np.ndarray] = []
@@ -392,12 +380,16 @@ def predict_studies(
     keys, pooled = study_probabilities([s.study for s, _ in owners], probs, aggregation)
     parts = {study.study: study.part for study in studies}
     by_key = {
-        key: StudyPrediction(key, parts[key], 0, float(p), label_of(float(p), threshold))
+        key: StudyPrediction(
+            key, parts[key], 0, float(p), label_of(float(p), threshold, loaded.classes)
+        )
         for key, p in zip(keys, pooled, strict=True)
     }
     taken: set[str] = set()
     for (study, path), image, p in zip(owners, images, probs, strict=True):
-        entry = ImagePrediction(str(path), study.study, float(p), label_of(float(p), threshold))
+        entry = ImagePrediction(
+            str(path), study.study, float(p), label_of(float(p), threshold, loaded.classes)
+        )
         if cam_dir is not None:
             entry.cam_png = str(
                 _write_cam(loaded, image, float(p), study.study, path, Path(cam_dir), taken)

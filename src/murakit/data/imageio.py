@@ -105,6 +105,8 @@ def _split_worker_message(text: str) -> tuple[str, str]:
     return path, problem or "unreadable image"
 
 
+_TRUNCATION_FILL = 128
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -119,6 +121,32 @@ def read_grayscale_bytes(
 ) -> np.ndarray:
     """Same as :func:`read_grayscale` for bytes in memory (an upload); ``name`` is for messages."""
     return _read(io.BytesIO(data), name, max_pixels)
+
+
+def read_grayscale_salvaged(path: _PathLike) -> tuple[np.ndarray, int | None]:
+    """Like :func:`read_grayscale`, but a PNG or JPEG cut short is decoded as far as its data
+    goes and the unfilled rows at the bottom are dropped: (image, rows dropped).
+
+    For importing a release known to hold such files; everywhere else a truncated file is an
+    error. ``rows dropped`` is None for a complete file."""
+    try:
+        return read_grayscale(path), None
+    except BadImageError as err:
+        if "truncated" not in str(err):
+            raise
+    name = str(path)
+    with _open_file(path) as fp:
+        kind = _sniff(fp, name)
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            img = _read_pil(fp, name, kind, MAX_PIXELS)
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+    filled = np.all(img == _TRUNCATION_FILL, axis=1)  # PIL paints missing rows mid-grey
+    keep = len(filled) - int(np.argmin(filled[::-1])) if not filled.all() else 0
+    if keep == 0:
+        raise BadImageError(path, f"truncated {kind}: no rows could be decoded")
+    return img[:keep].copy(), len(filled) - keep
 
 
 def image_size(path: _PathLike) -> tuple[int, int]:

@@ -3,10 +3,15 @@
 The CSVs are the truth where they exist (official ones have no header; copies with a
 header row or CRLF line ends are tolerated). Where a split has no CSVs the directory
 tree is walked instead, ignoring hidden files such as macOS ``._image1.png``.
+
+A folder without ``dataset.json`` is MURA: its seven body parts, classes normal / abnormal.
+A dataset written by ``murakit import`` declares its own in ``dataset.json`` (e.g. FracAtlas:
+XR_LEG, XR_HIP, ...; no fracture / fracture), so other parts are accepted only there.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +27,8 @@ BODY_PARTS = (
     "XR_WRIST",
 )
 SPLITS = ("train", "valid")
+DATASET_FILE = "dataset.json"  # written by `murakit import`: name, classes, parts, licence
+TRUTH_FILE = "truth.csv"  # per-image ground truth beside the labels (e.g. fracture boxes)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".bmp", ".tif", ".tiff")
 
 _STUDY_DIR = re.compile(r"^study(\d+)(?:_(positive|negative))?$")
@@ -29,6 +36,47 @@ _STUDY_DIR = re.compile(r"^study(\d+)(?:_(positive|negative))?$")
 
 class DatasetError(ValueError):
     """A problem in the dataset's lists or layout, naming the file (and line) at fault."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset declares about itself; MURA's when the folder has no dataset.json."""
+
+    name: str = "MURA"
+    classes: tuple[str, str] = ("normal", "abnormal")  # label 0, label 1
+    parts: tuple[str, ...] = BODY_PARTS
+    licence: str = "MURA research use agreement (Stanford ML Group)"
+    is_mura: bool = True
+
+    @classmethod
+    def read(cls, root: Path) -> DatasetInfo:
+        path = Path(root) / DATASET_FILE
+        if not path.exists():
+            return cls()
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            classes = tuple(str(c) for c in doc.get("classes", cls.classes))
+            parts = tuple(str(p) for p in doc["parts"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise DatasetError(f"{path}: not a valid murakit dataset.json ({err})") from None
+        if len(classes) != 2:
+            raise DatasetError(f"{path}: 'classes' must name label 0 and label 1, got {classes}")
+        return cls(
+            str(doc.get("name", Path(root).name)),
+            classes,
+            parts,
+            str(doc.get("licence", "")),
+            is_mura=False,
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "parts": list(self.parts),
+            "licence": self.licence,
+            "is_mura": self.is_mura,
+        }
 
 
 @dataclass(frozen=True)
@@ -65,6 +113,7 @@ class DatasetIndex:
     root: Path
     images: list[ImageRecord]
     skipped: list[str] = field(default_factory=list)
+    info: DatasetInfo = field(default_factory=DatasetInfo)
 
     def split(self, name: str) -> list[ImageRecord]:
         return [r for r in self.images if r.split == name]
@@ -100,6 +149,8 @@ def load_index(
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found")
+    info = DatasetInfo.read(root)
+    known_parts = None if allow_unknown_parts else info.parts
     images: list[ImageRecord] = []
     skipped: list[str] = []
 
@@ -111,7 +162,7 @@ def load_index(
     for split in splits:
         if split not in SPLITS:
             raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-        images.extend(_load_split(root, split, bad, allow_unknown_parts))
+        images.extend(_load_split(root, split, bad, known_parts))
     if not images:
         inner = sorted(p.parent for p in root.glob(f"*/{splits[0]}_image_paths.csv"))
         hint = f"; did you mean {inner[0]}?" if inner else ""
@@ -120,10 +171,10 @@ def load_index(
             f"(expected {'/'.join(f'{s}_image_paths.csv' for s in splits)} or a {splits[0]}/ tree)"
             + hint
         )
-    return DatasetIndex(root, images, skipped)
+    return DatasetIndex(root, images, skipped, info)
 
 
-def _load_split(root: Path, split: str, bad, allow_unknown_parts: bool) -> list[ImageRecord]:
+def _load_split(root: Path, split: str, bad, known_parts) -> list[ImageRecord]:
     image_csv = root / f"{split}_image_paths.csv"
     label_csv = root / f"{split}_labeled_studies.csv"
     labels = _read_study_labels(root, label_csv, bad) if label_csv.exists() else None
@@ -136,7 +187,7 @@ def _load_split(root: Path, split: str, bad, allow_unknown_parts: bool) -> list[
     seen: set[str] = set()
     for where, rel in rows:
         try:
-            parsed = _parse_image_path(rel, split, allow_unknown_parts)
+            parsed = _parse_image_path(rel, split, known_parts)
         except ValueError as err:
             bad(f"{where}: {err}")
             continue
@@ -215,7 +266,7 @@ def _read_study_labels(root: Path, path: Path, bad) -> dict[str, int]:
     return labels
 
 
-def _parse_image_path(rel: str, split: str, allow_unknown_parts: bool):
+def _parse_image_path(rel: str, split: str, known_parts: Sequence[str] | None):
     """Split `.../<split>/XR_PART/patientN/studyK_positive/imageM.png` into its fields."""
     pieces = rel.replace("\\", "/").split("/")
     if len(pieces) < 5 or pieces[-5] != split:
@@ -224,9 +275,9 @@ def _parse_image_path(rel: str, split: str, allow_unknown_parts: bool):
             f".../{split}/XR_PART/patientNNNNN/studyK_label/imageM.png"
         )
     part, patient, study_dir, name = pieces[-4:]
-    if part not in BODY_PARTS and not allow_unknown_parts:
+    if known_parts is not None and part not in known_parts:
         raise ValueError(
-            f"unknown body part folder {part!r} in {rel!r}; known: {', '.join(BODY_PARTS)}"
+            f"unknown body part folder {part!r} in {rel!r}; known: {', '.join(known_parts)}"
         )
     match = _STUDY_DIR.match(study_dir)
     if not match:

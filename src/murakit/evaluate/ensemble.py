@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from murakit.data.index import DatasetInfo
+from murakit.evaluate.threshold import DEFAULT_THRESHOLD, ensemble_threshold, read_threshold
 from murakit.fsutil import atomic_write_json, atomic_write_text
 from murakit.model.densenet import build_model
 from murakit.train.config import TrainConfig
@@ -89,12 +91,20 @@ def write_ensemble(ens_dir: Path, members: Sequence[MemberSummary]) -> None:
         except ValueError:
             row["run_dir"] = str(path)
         rows.append(row)
+    kept_dirs = [Path(m.run_dir) for m in members if m.kept]
+    sensitivity = TrainConfig.load(kept_dirs[0] / "config.json").threshold_sensitivity
+    threshold = ensemble_threshold(kept_dirs, sensitivity)
     atomic_write_json(
         ens_dir / ENSEMBLE_FILE,
         {
             "selection": "lowest validation loss",
             "kept": sum(m.kept for m in members),
             "members": rows,
+            **(
+                {"threshold": threshold["threshold"], "threshold_rule": threshold}
+                if threshold
+                else {}
+            ),
         },
     )
     buffer = io.StringIO()
@@ -209,13 +219,34 @@ class LoadedModels:
     names: list[str]
     config: TrainConfig  # the first member's (size and fixes are shared by all members)
     source: Path
+    threshold: float = DEFAULT_THRESHOLD  # the operating threshold stored with the model
+
+    @property
+    def classes(self) -> tuple[str, str]:
+        """Names of label 0 and label 1, as the training data named them."""
+        return tuple(self.dataset.get("classes", DatasetInfo.classes))
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The body parts of the training data."""
+        return tuple(self.dataset.get("parts", DatasetInfo.parts))
+
+    @property
+    def dataset(self) -> dict:
+        """What the training data declared (murakit.data.index.DatasetInfo.to_json)."""
+        return (self.config.extra or {}).get("dataset", {})
 
 
 def load_models(path: Path, device: torch.device | str = "cpu") -> LoadedModels:
-    """Load `path`: an ensemble directory (its kept members) or a run directory (best.pt)."""
+    """Load `path`: an ensemble directory (its kept members) or a run directory (best.pt).
+
+    The threshold is ensemble.json's, else the run's threshold.json (chosen on its held-out
+    training slice), else the config's ``extra.threshold``, else 0.5."""
     path = Path(path)
+    threshold = None
     if (path / ENSEMBLE_FILE).exists():
         spec = json.loads((path / ENSEMBLE_FILE).read_text())
+        threshold = spec.get("threshold")
         run_dirs = [
             path / m["run_dir"] if not Path(m["run_dir"]).is_absolute() else Path(m["run_dir"])
             for m in spec["members"]
@@ -223,6 +254,7 @@ def load_models(path: Path, device: torch.device | str = "cpu") -> LoadedModels:
         ]
     elif (path / "best.pt").exists():
         run_dirs = [path]
+        threshold = (read_threshold(path) or {}).get("threshold")
     else:
         raise ModelDirError(f"{path}: neither an ensemble ({ENSEMBLE_FILE}) nor a run (best.pt)")
     models, configs = [], []
@@ -240,4 +272,6 @@ def load_models(path: Path, device: torch.device | str = "cpu") -> LoadedModels:
     sizes = {c.size for c in configs}
     if len(sizes) > 1:
         raise ModelDirError(f"{path}: members use different input sizes {sorted(sizes)}")
-    return LoadedModels(models, [d.name for d in run_dirs], configs[0], path)
+    if threshold is None:
+        threshold = (configs[0].extra or {}).get("threshold", DEFAULT_THRESHOLD)
+    return LoadedModels(models, [d.name for d in run_dirs], configs[0], path, float(threshold))

@@ -37,7 +37,7 @@ def evaluate_model(
     split: str = "valid",
     out_dir: Path | None = None,
     aggregation: str = "mean",
-    threshold: float = 0.5,
+    threshold: float | None = None,
     tta_flip: bool = False,
     batch_size: int = 32,
     workers: int = 2,
@@ -52,6 +52,7 @@ def evaluate_model(
     model_dir = Path(model_dir)
     runtime = make_runtime(device)
     loaded = load_models(model_dir)
+    threshold = loaded.threshold if threshold is None else threshold
     root = Path(data_root or loaded.config.data)
     index = load_index(root, [split], skip_bad=skip_bad)
     records = index.images
@@ -88,6 +89,7 @@ def evaluate_model(
     metrics["model"] = str(model_dir)
     metrics["data"] = str(root)
     metrics["split"] = split
+    metrics["dataset"] = index.info.to_json()
     metrics["aggregation"] = aggregation
     metrics["tta_flip"] = tta_flip
     metrics["members"] = loaded.names

@@ -240,13 +240,15 @@ MURA_VALID_STUDIES = 1199
 
 def looks_like_mura_valid(metrics: dict[str, Any]) -> bool:
     """True when the evaluated set is MURA v1.1 valid (its 1,199 studies over the 7 body parts,
-    and the valid split where metrics.json records one): only then is the reference report's
-    accuracy a fair comparison (synthetic data has the same layout)."""
+    and the valid split where metrics.json records one, of a dataset that does not declare
+    itself another in dataset.json): only then is the reference report's accuracy a fair
+    comparison (synthetic data has the same layout; FracAtlas shares two part names)."""
     from murakit.data.index import BODY_PARTS
 
     overall = metrics.get("overall", {})
     return (
-        overall.get("n_studies") == MURA_VALID_STUDIES
+        metrics.get("dataset", {}).get("is_mura", True)
+        and overall.get("n_studies") == MURA_VALID_STUDIES
         and metrics.get("split", "valid") == "valid"
         and set(metrics.get("by_part", {})) == set(BODY_PARTS)
     )

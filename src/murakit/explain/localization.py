@@ -1,14 +1,20 @@
-"""Do class activation maps point at the finding? Scored against synthetic ground truth.
+"""Do class activation maps point at the finding? Scored against boxes drawn on the images.
 
-``murakit synth`` records each finding's box in ``synth_truth.csv``. For every image of a split
-that shows one, the CAM (cropped back onto the original image, as ``murakit cam`` draws it) is
-scored three ways, each beside the level a map with no information would reach:
+``murakit synth`` records each finding's box in ``synth_truth.csv``; ``murakit import
+fracatlas`` records the radiologists' fracture boxes in ``truth.csv`` (an image may have
+several, separated by ';'). For every image of a split that shows one, the CAM (cropped back
+onto the original image, as ``murakit cam`` draws it) is scored three ways, each beside the
+level a map with no information would reach:
 
-- **hit**: its peak lies inside the box; chance is the box's share of the image (a peak dropped
+- **hit**: its peak lies inside a box; chance is the boxes' share of the image (a peak dropped
   uniformly at random);
-- **near**: its peak lies within one CAM cell of the box (the pointing game's tolerance: a
-  16 x 16 map cannot place its peak more finely); chance as above, for the grown box;
-- **hotter**: the CAM's mean inside the box exceeds its mean outside; chance is one half.
+- **near**: its peak lies within one CAM cell of a box (the pointing game's tolerance: a
+  16 x 16 map cannot place its peak more finely); chance as above, for the grown boxes;
+- **hotter**: the CAM's mean inside the boxes (their union) exceeds its mean outside; chance
+  is one half.
+
+Where the truth has a ``hardware`` column (FracAtlas), the scores are also given for images
+with and without orthopaedic hardware, so a map that only finds plates is seen as such.
 
 The same scores of the *left-right mirrored* map are the control: a CAM that is flipped,
 transposed or misplaced by the padding crop does no better than that control, a working one
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +37,32 @@ from murakit.explain.cam import CamResult, cam_on_original, cam_peak, compute_ca
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in original pixels
 
 
+TRUTH_FILES = ("truth.csv", "synth_truth.csv")  # murakit import's, murakit synth's
+
+
+def truth_file(data: Path) -> Path:
+    """The ground-truth table in ``data`` (image paths in it are relative to ``data``)."""
+    for name in TRUTH_FILES:
+        if (Path(data) / name).exists():
+            return Path(data) / name
+    raise FileNotFoundError(
+        f"{data}: no {' or '.join(TRUTH_FILES)} (made by `murakit import` or `murakit synth`)"
+    )
+
+
 def finding_rows(data: Path, split: str = "valid") -> list[dict]:
     """Truth rows of ``split`` whose image shows a finding (only abnormal studies ever do)."""
-    truth = Path(data) / "synth_truth.csv"
-    if not truth.exists():
-        raise FileNotFoundError(f"{truth}: not found (made by `murakit synth`)")
-    with open(truth, newline="") as f:
+    with open(truth_file(data), newline="") as f:
         return [r for r in csv.DictReader(f) if r["split"] == split and r["finding_box"].strip()]
 
 
-def parse_box(text: str) -> Box:
-    x0, y0, x1, y1 = (float(v) for v in text.split())
-    return x0, y0, x1, y1
+def parse_boxes(text: str) -> list[Box]:
+    """'x0 y0 x1 y1', several separated by ';'."""
+    boxes = []
+    for piece in filter(None, (p.strip() for p in text.split(";"))):
+        x0, y0, x1, y1 = (float(v) for v in piece.split())
+        boxes.append((x0, y0, x1, y1))
+    return boxes
 
 
 def point_in_box(x: float, y: float, box: Box) -> bool:
@@ -51,39 +71,35 @@ def point_in_box(x: float, y: float, box: Box) -> bool:
     return x + 1 > x0 and x < x1 and y + 1 > y0 and y < y1
 
 
-def box_fraction(box: Box, h: int, w: int) -> float:
-    """The share of an h x w image that the box covers (the part outside the image ignored)."""
-    x0, y0, x1, y1 = box
-    bw = max(0.0, min(x1, w) - max(x0, 0.0))
-    bh = max(0.0, min(y1, h) - max(y0, 0.0))
-    return bw * bh / (h * w)
-
-
-def _box_mask(box: Box, h: int, w: int) -> np.ndarray:
-    """Pixels that overlap the box (the same rule as :func:`point_in_box`)."""
-    x0, y0, x1, y1 = (int(np.floor(box[0])), int(np.floor(box[1])), *np.ceil(box[2:]).astype(int))
+def _box_mask(boxes: Sequence[Box], h: int, w: int) -> np.ndarray:
+    """Pixels that overlap any box (the same rule as :func:`point_in_box`)."""
     mask = np.zeros((h, w), dtype=bool)
-    mask[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = True
+    for box in boxes:
+        x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))
+        x1, y1 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+        mask[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = True
     return mask
 
 
-def score_map(heat: np.ndarray, box: Box, cell: float) -> dict[str, float]:
-    """The three scores of one (H, W) map against one box, with their chance levels.
+def score_map(heat: np.ndarray, boxes: Box | Sequence[Box], cell: float) -> dict[str, float]:
+    """The three scores of one (H, W) map against an image's boxes, with their chance levels.
 
-    ``cell`` is one CAM cell's width in original pixels. ``hotter`` is NaN when the box covers
-    the whole image (or none of it): there is then no inside-outside comparison to make.
+    ``cell`` is one CAM cell's width in original pixels. Chance is the share of pixels where a
+    peak would count (the union of the boxes). ``hotter`` is NaN when the boxes cover the
+    whole image (or none of it): there is then no inside-outside comparison to make.
     """
+    boxes = [boxes] if isinstance(boxes[0], int | float) else list(boxes)
     h, w = heat.shape
     x, y = cam_peak(heat)
-    grown = (box[0] - cell, box[1] - cell, box[2] + cell, box[3] + cell)
-    mask = _box_mask(box, h, w)
+    grown = [(b[0] - cell, b[1] - cell, b[2] + cell, b[3] + cell) for b in boxes]
+    mask, grown_mask = _box_mask(boxes, h, w), _box_mask(grown, h, w)
     inside, outside = heat[mask], heat[~mask]
     hotter = float(inside.mean() > outside.mean()) if inside.size and outside.size else np.nan
     return {
-        "hit": float(point_in_box(x, y, box)),
-        "hit_chance": box_fraction(box, h, w),
-        "near": float(point_in_box(x, y, grown)),
-        "near_chance": box_fraction(grown, h, w),
+        "hit": float(any(point_in_box(x, y, b) for b in boxes)),
+        "hit_chance": float(mask.mean()),
+        "near": float(any(point_in_box(x, y, b) for b in grown)),
+        "near_chance": float(grown_mask.mean()),
         "hotter": hotter,
         "hotter_chance": 0.5,
     }
@@ -98,30 +114,38 @@ def localization_scores(
     on_image: Callable[[dict, np.ndarray, np.ndarray, CamResult, dict], None] | None = None,
 ) -> dict:
     """The mean scores of ``loaded``'s CAMs over ``split``'s findings: overall, per finding kind,
-    over the findings the model detects (P(abnormal) >= 0.5) and, as the control, of the mirrored
-    maps. ``on_image(row, image, heat, result, scores)`` is called per image (e.g. to draw it)."""
+    over the findings the model detects (probability >= its stored threshold), with and without
+    hardware where the truth says, and, as the control, of the mirrored maps.
+    ``on_image(row, image, heat, result, scores)`` is called per image (e.g. to draw it)."""
     data = Path(data)
     rows = finding_rows(data, split)[: limit or None]
     if not rows:
-        raise ValueError(f"{data}: no {split} images with a finding in synth_truth.csv")
+        raise ValueError(f"{data}: no {split} images with a finding in {truth_file(data).name}")
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         image = apply_config_fixes(read_grayscale(data / row["image"]), loaded.config)
         result = compute_cam(loaded, image, cam_size)
         heat = cam_on_original(result.cam, image.shape, cam_size)
-        box = parse_box(row["finding_box"])
+        boxes = parse_boxes(row["finding_box"])
         cell = max(image.shape) * 32 / cam_size
-        scores = score_map(heat, box, cell)
-        groups["all"].append(scores)
-        groups[f"finding:{row['finding']}"].append(scores)
-        if result.probability >= 0.5:
-            groups["detected"].append(scores)
-        groups["mirrored"].append(score_map(heat[:, ::-1], box, cell))
+        scores = score_map(heat, boxes, cell)
+        mirrored = score_map(heat[:, ::-1], boxes, cell)
+        detected = result.probability >= loaded.threshold
+        names = ["all", f"finding:{row['finding']}"] + (["detected"] if detected else [])
+        if row.get("hardware", "") in ("0", "1"):
+            tag = "hardware" if row["hardware"] == "1" else "no hardware"
+            names += [tag] + ([f"detected, {tag}"] if detected else [])
+            if detected and tag == "no hardware":
+                groups["mirrored: detected, no hardware"].append(mirrored)
+        for name in names:
+            groups[name].append(scores)
+        groups["mirrored"].append(mirrored)
         if on_image is not None:
             on_image(row, image, heat, result, scores)
     summary = {name: _mean_scores(items) for name, items in groups.items()}
     summary["cam_size"] = cam_size
     summary["split"] = split
+    summary["threshold"] = loaded.threshold
     return summary
 
 

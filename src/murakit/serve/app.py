@@ -19,7 +19,7 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,9 +36,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from murakit.data.dataset import apply_config_fixes
 from murakit.data.imageio import BadImageError, read_grayscale_bytes
-from murakit.data.index import BODY_PARTS
 from murakit.evaluate.ensemble import LoadedModels, load_models
-from murakit.predict import cam_overlay, image_probabilities, label_of, model_threshold
+from murakit.predict import cam_overlay, image_probabilities, label_of
 from murakit.train.device import Runtime, make_runtime
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -60,7 +59,10 @@ _PAGE_CSP = (
 class ImageResult(BaseModel):
     name: str = Field(description="The uploaded file's name.")
     probability: float = Field(description="P(abnormal) of this image, mean over members.")
-    label: Literal["abnormal", "normal"] = Field(description="probability >= threshold")
+    label: str = Field(
+        description="The class called: the model's positive class name "
+        '("abnormal" for MURA) when probability >= threshold, else its negative one.'
+    )
     cam_png_base64: str | None = Field(
         None,
         description="Class activation map over the image as a base64 PNG (red: evidence for "
@@ -72,7 +74,8 @@ class PredictResponse(BaseModel):
     study_probability: float = Field(
         description="P(abnormal) of the study: the mean of its images' probabilities."
     )
-    label: Literal["abnormal", "normal"] = Field(description="study_probability >= threshold")
+    label: str = Field(description="The class called for the study (see the image's label).")
+    positive: bool = Field(description="study_probability >= threshold")
     threshold: float = Field(description="Decision threshold stored with the model (0.5).")
     part: str | None = Field(description="Body part as given, or null.")
     images: list[ImageResult]
@@ -178,7 +181,7 @@ def create_app(
     service = _Service(
         loaded=loaded,
         runtime=runtime,
-        threshold=model_threshold(loaded),
+        threshold=loaded.threshold,
         backend=backend,
         onnx_path=onnx_path,
         cam_size=cam_size,
@@ -235,7 +238,7 @@ def create_app(
             backend=service.backend,
             max_files=max_files,
             max_bytes=max_bytes,
-            parts=list(BODY_PARTS),
+            parts=list(loaded.parts),
         )
 
     error_responses = {
@@ -256,7 +259,7 @@ def create_app(
             f"Multipart form: `files`, 1 to {max_files} images of ONE study (PNG, JPEG or "
             f"DICOM, judged by content, at most {_mb(max_bytes)} and "
             f"{max_pixels / 1e6:g} megapixels each); optional `part` (one of "
-            f"{', '.join(BODY_PARTS)}); optional `cam` (default true) for heat maps. The "
+            f"{', '.join(loaded.parts)}); optional `cam` (default true) for heat maps. The "
             "study probability is the mean of the images' probabilities, each the mean over "
             "the ensemble's members."
         ),
@@ -280,7 +283,7 @@ def create_app(
                 f"{len(files)} files uploaded; at most {max_files} images of one study are "
                 "accepted per request",
             )
-        part = _check_part(part)
+        part = _check_part(part, service.loaded.parts)
         uploads = [
             (_display_name(f.filename, i), await _read_limited(f, i, max_bytes))
             for i, f in enumerate(files)
@@ -322,16 +325,14 @@ def _display_name(filename: str | None, index: int) -> str:
     return name if len(name) <= _NAME_LIMIT else name[: _NAME_LIMIT - 3] + "..."
 
 
-def _check_part(part: str | None) -> str | None:
+def _check_part(part: str | None, parts: Sequence[str]) -> str | None:
     if part is None or not part.strip():
         return None
     value = part.strip().upper()
     if not value.startswith("XR_"):
         value = "XR_" + value
-    if value not in BODY_PARTS:
-        raise HTTPException(
-            400, f"unknown body part {part!r}; choose one of: {', '.join(BODY_PARTS)}"
-        )
+    if value not in parts:
+        raise HTTPException(400, f"unknown body part {part!r}; choose one of: {', '.join(parts)}")
     return value
 
 
@@ -398,14 +399,15 @@ def _predict_uploads(
     study = float(np.mean(probs))
     return PredictResponse(
         study_probability=study,
-        label=label_of(study, service.threshold),
+        label=label_of(study, service.threshold, service.loaded.classes),
+        positive=study >= service.threshold,
         threshold=service.threshold,
         part=part,
         images=[
             ImageResult(
                 name=name,
                 probability=float(p),
-                label=label_of(float(p), service.threshold),
+                label=label_of(float(p), service.threshold, service.loaded.classes),
                 cam_png_base64=png,
             )
             for (name, _), p, png in zip(uploads, probs, overlays, strict=True)

@@ -41,6 +41,10 @@ class TrainConfig:
     panels: str = "keep"  # keep | largest
     cache: str = ""  # decoded-image cache folder; "" = read PNGs
     skip_bad: bool = False
+    # operating threshold (murakit.evaluate.threshold): share of training studies held out to
+    # choose it, and the sensitivity it must reach there; 0 = no slice, threshold 0.5
+    threshold_slice: float = 0.0
+    threshold_sensitivity: float = 0.9
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:

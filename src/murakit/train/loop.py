@@ -22,10 +22,11 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from murakit.data.dataset import EpochSampler, RadiographDataset
-from murakit.data.index import ImageRecord
+from murakit.data.index import DatasetInfo, ImageRecord
 from murakit.evaluate.aggregate import study_table
 from murakit.evaluate.inference import infer_logits, make_eval_loader, sigmoid
 from murakit.evaluate.metrics import study_accuracy_kappa
+from murakit.evaluate.threshold import slice_threshold, split_threshold_slice, write_slice
 from murakit.fsutil import atomic_torch_save, atomic_write_text
 from murakit.model.densenet import build_model, unwrap
 from murakit.progress import progress_bar
@@ -133,6 +134,9 @@ def train_run(
     np.random.seed(config.seed % 2**32)
 
     train_records, valid_records, skipped = records or _load_records(config, log)
+    train_records, slice_records = split_threshold_slice(train_records, config.threshold_slice)
+    if config.data:  # the class names and parts the model will report (murakit import)
+        config.extra["dataset"] = DatasetInfo.read(Path(config.data)).to_json()
     runtime = make_runtime(
         config.device if not ctx.enabled or config.device != "auto" else _rank_device(ctx),
         config.bf16,
@@ -180,6 +184,7 @@ def train_run(
     load, train_tf, eval_tf = _data_pipeline(config, train_records + valid_records, ctx, log)
     train_set = RadiographDataset(train_records, train_tf, seed=config.seed, train=True, load=load)
     valid_set = RadiographDataset(valid_records, eval_tf, load=load)
+    slice_set = RadiographDataset(slice_records, eval_tf, load=load)
     sampler = EpochSampler(len(train_set), config.seed, rank=ctx.rank, world_size=ctx.world_size)
     loader = DataLoader(
         train_set,
@@ -193,7 +198,9 @@ def train_run(
     )
     log(
         f"training {config.arch} on {len(train_records)} images "
-        f"(validating on {len(valid_records)}) on {runtime.describe()}"
+        f"(validating on {len(valid_records)}"
+        + (f"; {len(slice_records)} held out to choose the threshold" if slice_records else "")
+        + f") on {runtime.describe()}"
         + (f" x {ctx.world_size} processes" if ctx.enabled else "")
     )
 
@@ -265,6 +272,8 @@ def train_run(
                             "model": unwrap(model).state_dict(),
                         },
                     )
+                    if slice_records:
+                        _choose_threshold(model, slice_set, runtime, config, out, bar)
                 _save_last(out, model, optimizer, scheduler, scaler, config, result, epoch, state)
                 _write_history(out, result.history)
             log(_epoch_line(row, improved))
@@ -453,6 +462,17 @@ def _validate(model, valid_set, valid_weights, runtime, config, ctx, bar) -> dic
         "val_study_accuracy": float(study_acc),
         "val_study_kappa": float(study_kappa),
     }
+
+
+def _choose_threshold(model, slice_set, runtime, config: TrainConfig, out: Path, bar) -> None:
+    """Score the held-out slice with the best model so far; write threshold.json beside it."""
+    loader = make_eval_loader(slice_set, config.batch_size, config.workers, runtime)
+    task = bar.add_task("threshold slice", total=len(slice_set), status="")
+    logits, idx = infer_logits(model, loader, runtime, on_batch=lambda n: bar.advance(task, n))
+    bar.remove_task(task)
+    records = [slice_set.records[i] for i in idx]
+    probs = sigmoid(logits)
+    write_slice(out, records, probs, slice_threshold(records, probs, config.threshold_sensitivity))
 
 
 def _save_last(out, model, optimizer, scheduler, scaler, config, result, epochs_done, state):

@@ -193,15 +193,15 @@
 
   function showResult(body) {
     const verdict = $("verdict");
-    verdict.className = "verdict " + body.label;
-    $("study-label").textContent = body.label === "abnormal" ? "Abnormal" : "Normal";
+    verdict.className = "verdict " + (body.positive ? "abnormal" : "normal");
+    $("study-label").textContent = body.label.charAt(0).toUpperCase() + body.label.slice(1);
     $("study-probability").textContent = body.study_probability.toFixed(2) + " (" +
       Math.round(body.study_probability * 100) + "%)";
     $("meter-fill").style.width = (body.study_probability * 100).toFixed(1) + "%";
     $("meter-threshold").style.left = (body.threshold * 100).toFixed(1) + "%";
     const partName = body.part ? body.part.replace("XR_", "").toLowerCase() + " " : "";
     $("verdict-detail").textContent = "Mean of " + plural(body.images.length, "image") +
-      " of this " + partName + "study; called abnormal at " + body.threshold.toFixed(2) +
+      " of this " + partName + "study; called positive at " + body.threshold.toFixed(2) +
       " or above.";
 
     const grid = $("image-results");
