@@ -433,14 +433,14 @@ def write_dataset(
         notes.append(f"identical pixels: {names}; kept in one split")
 
     # 3. studies must agree on their label
-    study_labels: dict[tuple, set] = defaultdict(set)
+    first_of_study: dict[tuple, SourceImage] = {}
     for image in kept:
-        study_labels[(image.patient, image.part, image.study)].add(image.label)
-    for image in kept:
-        if len(study_labels[(image.patient, image.part, image.study)]) > 1:
+        first = first_of_study.setdefault((image.patient, image.part, image.study), image)
+        if image.label != first.label:
             raise DatasetError(
-                f"{image.where}: study {image.study!r} of {image.patient} ({image.part}) has "
-                "images labelled both 0 and 1; a study has one label"
+                f"{image.where}: label {image.label}, but {first.where} gives study "
+                f"{image.study!r} of {image.patient} ({image.part}) label {first.label}; "
+                "a study has one label"
             )
 
     index = [i for i in range(len(kept)) if i not in dropped_idx]

@@ -220,6 +220,7 @@ class LoadedModels:
     config: TrainConfig  # the first member's (size and fixes are shared by all members)
     source: Path
     threshold: float = DEFAULT_THRESHOLD  # the operating threshold stored with the model
+    threshold_rule: str = ""  # how it was chosen ("" = the default 0.5 or a fixed value)
 
     @property
     def classes(self) -> tuple[str, str]:
@@ -243,10 +244,11 @@ def load_models(path: Path, device: torch.device | str = "cpu") -> LoadedModels:
     The threshold is ensemble.json's, else the run's threshold.json (chosen on its held-out
     training slice), else the config's ``extra.threshold``, else 0.5."""
     path = Path(path)
-    threshold = None
+    threshold, rule = None, ""
     if (path / ENSEMBLE_FILE).exists():
         spec = json.loads((path / ENSEMBLE_FILE).read_text())
         threshold = spec.get("threshold")
+        rule = spec.get("threshold_rule", {}).get("rule", "")
         run_dirs = [
             path / m["run_dir"] if not Path(m["run_dir"]).is_absolute() else Path(m["run_dir"])
             for m in spec["members"]
@@ -254,7 +256,8 @@ def load_models(path: Path, device: torch.device | str = "cpu") -> LoadedModels:
         ]
     elif (path / "best.pt").exists():
         run_dirs = [path]
-        threshold = (read_threshold(path) or {}).get("threshold")
+        stored = read_threshold(path) or {}
+        threshold, rule = stored.get("threshold"), stored.get("rule", "")
     else:
         raise ModelDirError(f"{path}: neither an ensemble ({ENSEMBLE_FILE}) nor a run (best.pt)")
     models, configs = [], []
@@ -274,4 +277,5 @@ def load_models(path: Path, device: torch.device | str = "cpu") -> LoadedModels:
         raise ModelDirError(f"{path}: members use different input sizes {sorted(sizes)}")
     if threshold is None:
         threshold = (configs[0].extra or {}).get("threshold", DEFAULT_THRESHOLD)
-    return LoadedModels(models, [d.name for d in run_dirs], configs[0], path, float(threshold))
+    names = [d.name for d in run_dirs]
+    return LoadedModels(models, names, configs[0], path, float(threshold), rule)

@@ -52,6 +52,7 @@ def evaluate_model(
     model_dir = Path(model_dir)
     runtime = make_runtime(device)
     loaded = load_models(model_dir)
+    rule = loaded.threshold_rule if threshold is None else "given on the command line"
     threshold = loaded.threshold if threshold is None else threshold
     root = Path(data_root or loaded.config.data)
     index = load_index(root, [split], skip_bad=skip_bad)
@@ -90,6 +91,8 @@ def evaluate_model(
     metrics["data"] = str(root)
     metrics["split"] = split
     metrics["dataset"] = index.info.to_json()
+    if rule:
+        metrics["threshold_rule"] = rule
     metrics["aggregation"] = aggregation
     metrics["tta_flip"] = tta_flip
     metrics["members"] = loaded.names

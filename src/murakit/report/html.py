@@ -350,6 +350,13 @@ class Evaluation:
     def threshold(self) -> float:
         return float((self.metrics or {}).get("threshold", 0.5))
 
+    @property
+    def classes(self) -> tuple[str, str]:
+        """Names of label 0 and 1 as the evaluated dataset gives them (MURA's by default)."""
+        from murakit.data.index import DatasetInfo
+
+        return tuple((self.metrics or {}).get("dataset", {}).get("classes", DatasetInfo.classes))
+
 
 def find_evaluations(model_dir: Path) -> list[Evaluation]:
     """Every eval-* folder with metrics or predictions, eval-valid first (it is the headline)."""
@@ -455,7 +462,7 @@ def _headline(model: ModelInfo, evaluations: list[Evaluation]) -> str:
         f'<span class="big">κ {fmt_num(overall.get("kappa"))}'
         f'<span class="ci">{esc(ci_text)}</span></span><br>'
         f"AUROC {fmt_num(overall.get('auroc'))} on {fmt_int(overall.get('n_studies'))} studies "
-        f"({fmt_int(overall.get('n_abnormal_studies'))} abnormal) in "
+        f"({fmt_int(overall.get('n_abnormal_studies'))} {esc(ev.classes[1])}) in "
         f"<code>{esc(ev.name)}</code>{esc(reference)}</div>"
     )
 
@@ -486,41 +493,45 @@ def _dataset_section(
         body = _missing_box(f"Dataset folder {root} cannot be indexed: {err}")
         return _section("dataset", "Dataset", body)
     stats = dataset_stats(index.images)
+    negative, positive = index.info.classes
     body = (
-        f'<p class="note">From <code>{esc(index.root)}</code>: normal / abnormal counts '
-        "per body part; a study's label is shared by all its images.</p>"
-        f"{dataset_table(stats)}"
+        f'<p class="note">{esc(index.info.name)}, from <code>{esc(index.root)}</code>: '
+        f"{esc(negative)} / {esc(positive)} counts per body part; a study's label is shared by "
+        f"all its images. Licence: {esc(index.info.licence or 'not stated')}.</p>"
+        f"{dataset_table(stats, index.info.classes)}"
     )
     if index.skipped:
         body += f'<p class="note">{len(index.skipped):,} bad rows skipped while indexing.</p>'
     return _section("dataset", "Dataset", body)
 
 
-DATASET_COLUMNS = (
-    "images normal / abnormal",
-    "abnormal images",
-    "studies normal / abnormal",
-    "patients",
-)
-
-
-def dataset_table(stats: dict[str, dict[str, dict[str, int]]]) -> str:
+def dataset_table(
+    stats: dict[str, dict[str, dict[str, int]]], classes: Sequence[str] = ("normal", "abnormal")
+) -> str:
     """Train and valid side by side, as in the reference report: normal / abnormal images
-    (and the abnormal share), normal / abnormal studies, patients."""
+    (and the abnormal share), normal / abnormal studies, patients (in the dataset's names)."""
     from murakit.data.stats import percent
+
+    negative, positive = classes
+    columns = (
+        f"images {negative} / {positive}",
+        f"{positive} images",
+        f"studies {negative} / {positive}",
+        "patients",
+    )
 
     splits = [s for s in ("train", "valid") if s in stats] + sorted(
         s for s in stats if s not in ("train", "valid")
     )
     parts = sorted({p for s in splits for p in stats[s] if p != "TOTAL"}) + ["TOTAL"]
-    width = len(DATASET_COLUMNS)
+    width = len(columns)
     group = "".join(f'<th class="sep" colspan="{width}">{esc(s)}</th>' for s in splits)
     head = (
         f'<thead><tr class="group"><th></th>{group}</tr><tr><th>part</th>'
         + "".join(
             f'<th class="{"n sep" if i == 0 else "n"}">{esc(h)}</th>'
             for _ in splits
-            for i, h in enumerate(DATASET_COLUMNS)
+            for i, h in enumerate(columns)
         )
         + "</tr></thead>"
     )
@@ -671,12 +682,12 @@ def _curve_figure(member: Member, show_kept: bool) -> str:
     )
 
 
-def part_table(metrics: dict[str, Any]) -> str:
+def part_table(metrics: dict[str, Any], positive: str = "abnormal") -> str:
     """Per body part then TOTAL; the reference report's accuracy only on real MURA valid."""
     from murakit.evaluate.outputs import REFERENCE_STUDY_ACCURACY
 
     reference = REFERENCE_STUDY_ACCURACY if looks_like_mura_valid(metrics) else None
-    headers = [("part", ""), ("studies", "n"), ("abnormal", "n"), ("study accuracy", "n")]
+    headers = [("part", ""), ("studies", "n"), (positive, "n"), ("study accuracy", "n")]
     if reference:
         headers += [("reference report", "n"), ("Δ (points)", "n")]
     headers += [
@@ -728,7 +739,8 @@ def _evaluation_note(ev: Evaluation) -> str:
     tta = " (with horizontal-flip test-time augmentation)" if m.get("tta_flip") else ""
     return (
         f"{source}A study's probability is the {aggregation} of its images'{tta}; it is called "
-        f"abnormal when ≥ {ev.threshold:g}. κ: Cohen's kappa with a 95% bootstrap interval."
+        f"{esc(ev.classes[1])} when ≥ {ev.threshold:g}"
+        f"{esc(_threshold_origin(m))}. κ: Cohen's kappa with a 95% bootstrap interval."
     )
 
 
@@ -745,7 +757,7 @@ def _evaluation_block(ev: Evaluation) -> str:
     parts += [f'<p class="missing">{esc(n)}</p>' for n in ev.notes]
     if ev.metrics is not None and "overall" in ev.metrics:
         parts.append(f'<p class="note">{_evaluation_note(ev)}</p>')
-        parts.append(part_table(ev.metrics))
+        parts.append(part_table(ev.metrics, ev.classes[1]))
         if looks_like_mura_valid(ev.metrics):
             parts.append(
                 f'<p class="note">MURA paper baseline (DenseNet-169 ensemble): κ '
@@ -770,35 +782,42 @@ def _evaluation_block(ev: Evaluation) -> str:
             "</figcaption></figure>"
         )
     else:
-        figures.append(_missing_box("ROC curves need both normal and abnormal studies"))
+        figures.append(_missing_box("ROC curves need studies of both classes"))
     counts = confusion_counts(ev.studies.labels, ev.studies.predictions)
     uri = data_uri(figure_png(confusion_figure(counts)))
     figures.append(
         f'<div class="cmrow"><figure class="cm"><img src="{uri}" '
         'alt="confusion matrix"><figcaption>Rows: true class; diagonal: specificity, '
-        f"sensitivity.</figcaption></figure>{_confusion_words(counts)}</div>"
+        f"sensitivity.</figcaption></figure>{_confusion_words(counts, ev.classes)}</div>"
     )
     parts.append("".join(figures))
     return "".join(parts)
 
 
-def _confusion_words(counts) -> str:
+def _threshold_origin(metrics: dict[str, Any]) -> str:
+    """Where the threshold came from, when the model stored one with its rule."""
+    rule = metrics.get("threshold_rule")
+    return f" ({rule})" if rule else ""
+
+
+def _confusion_words(counts, classes: Sequence[str] = ("normal", "abnormal")) -> str:
     """The confusion matrix in sentences: what a clinician asks of it."""
     (tn, fp), (fn, tp) = (int(v) for v in counts[0]), (int(v) for v in counts[1])
     normal, abnormal = tn + fp, fn + tp
+    negative, positive = (esc(c) for c in classes)
     items = [
-        f"<b>{tp:,}</b> of {abnormal:,} abnormal studies found ({fmt_pct(tp / abnormal)} "
+        f"<b>{tp:,}</b> of {abnormal:,} {positive} studies found ({fmt_pct(tp / abnormal)} "
         f"sensitivity); <b>{fn:,}</b> missed."
         if abnormal
-        else "No abnormal studies.",
-        f"<b>{tn:,}</b> of {normal:,} normal studies cleared ({fmt_pct(tn / normal)} "
+        else f"No {positive} studies.",
+        f"<b>{tn:,}</b> of {normal:,} {negative} studies cleared ({fmt_pct(tn / normal)} "
         f"specificity); <b>{fp:,}</b> false alarms."
         if normal
-        else "No normal studies.",
+        else f"No {negative} studies.",
     ]
     if tp + fp:
         items.append(
-            f"Of {tp + fp:,} studies called abnormal, {fmt_pct(tp / (tp + fp))} are "
+            f"Of {tp + fp:,} studies called {positive}, {fmt_pct(tp / (tp + fp))} are "
             "(positive predictive value)."
         )
     return '<ul class="words">' + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
@@ -929,6 +948,7 @@ def _cams_section(model: ModelInfo, evaluations: list[Evaluation]) -> str:
         else {}
     )
     threshold = labelled.threshold if labelled else 0.5
+    negative, positive = labelled.classes if labelled else ("normal", "abnormal")
     try:
         items, failed = read_cams(cams_dir, labels)
     except (OSError, ValueError, KeyError) as err:
@@ -940,22 +960,25 @@ def _cams_section(model: ModelInfo, evaluations: list[Evaluation]) -> str:
     body = [
         f'<p class="note">Where the network looks: last-layer activations weighted by the '
         f"classifier. Most confident correct studies first, then mistakes (red border); p is "
-        f"the predicted probability of abnormal (threshold {threshold:g}).</p>"
+        f"the predicted probability of {esc(positive)} (threshold {threshold:g}).</p>"
     ]
     if failed:
         body.append(
             f'<p class="note">{failed:,} image{"s" if failed != 1 else ""} in cams.csv could '
             "not be read (see its error column).</p>"
         )
-    for label, title in ((1, "Abnormal studies"), (0, "Normal studies")):
+    for label, title in (
+        (1, f"{positive.capitalize()} studies"),
+        (0, f"{negative.capitalize()} studies"),
+    ):
         chosen = pick_gallery(items, label, threshold)
         n_studies = len({i.study for i in items if i.label == label})
-        body.append(f"<h3>{title} ({len(chosen)} of {n_studies})</h3>")
+        body.append(f"<h3>{esc(title)} ({len(chosen)} of {n_studies})</h3>")
         if chosen:
             figs = "".join(_gallery_figure(i, threshold) for i in chosen)
             body.append(f'<div class="gallery">{figs}</div>')
         else:
-            body.append(f'<p class="note">No {title.lower()} among the CAMs.</p>')
+            body.append(f'<p class="note">No {esc(title.lower())} among the CAMs.</p>')
     unknown = [i for i in items if i.label is None][:GALLERY_SIZE]
     if unknown:
         figs = "".join(_gallery_figure(i, threshold) for i in unknown)
