@@ -48,10 +48,8 @@ def train_model(data: Path, run: Path, args: argparse.Namespace) -> Path:
     return run
 
 
-def overlay_writer(folder: Path, count: int):
-    """An ``on_image`` callback that saves the first ``count`` overlays, the box in green."""
-    from PIL import ImageDraw
-
+def overlay_writer(folder: Path, count: int, positive: str):
+    """An ``on_image`` callback that saves the first ``count`` overlays, the boxes in green."""
     seen = [0]
 
     def write(row, image, heat, result, scores) -> None:
@@ -59,9 +57,10 @@ def overlay_writer(folder: Path, count: int):
             return
         seen[0] += 1
         verdict = "hit" if scores["hit"] else "miss"
-        picture = overlay(image, heat, result.probability, f"{row['finding']} {verdict}")
-        for box in parse_boxes(row["finding_box"]):
-            ImageDraw.Draw(picture).rectangle(box, outline=(0, 255, 0), width=2)
+        boxes = parse_boxes(row["finding_box"])
+        picture = overlay(
+            image, heat, result.probability, f"{row['finding']} {verdict}", positive, boxes
+        )
         save_overlay(folder / (row["image"].split("/", 2)[-1].replace("/", "_")), picture)
 
     return write
@@ -135,7 +134,10 @@ def main(argv: list[str] | None = None) -> dict:
     model = args.model or train_model(data, args.out / "run", args)
     loaded = load_models(model)
     result = localization_scores(
-        loaded, data, args.cam_size, on_image=overlay_writer(args.out / "overlays", args.overlays)
+        loaded,
+        data,
+        args.cam_size,
+        on_image=overlay_writer(args.out / "overlays", args.overlays, loaded.classes[1]),
     )
     result.update(
         model=str(model),

@@ -351,3 +351,18 @@ def test_format_part_table():
     assert f"{100 * total['study_accuracy']:.1f}%" in lines[-1]
     assert f"{total['kappa']:.3f} [{total['kappa_ci'][0]:.3f}" in lines[-1]
     assert "reference" not in render(format_part_table(metrics))
+
+
+def test_auroc_delong_interval_matches_a_bootstrap():
+    """DeLong's analytic interval against a percentile bootstrap of the same data."""
+    from murakit.evaluate.metrics import auroc, auroc_delong_ci
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    probs = np.clip(labels * 0.3 + rng.normal(0.4, 0.25, 400), 0, 1)
+    lo, hi = auroc_delong_ci(labels, probs)
+    assert lo < auroc(labels, probs) < hi
+    draws = [auroc(labels[i], probs[i]) for i in rng.integers(0, 400, (1000, 400))]
+    boot_lo, boot_hi = np.percentile(draws, [2.5, 97.5])
+    assert lo == pytest.approx(boot_lo, abs=0.01) and hi == pytest.approx(boot_hi, abs=0.01)
+    assert auroc_delong_ci([1, 0, 0], [0.9, 0.1, 0.2]) is None  # one positive: no variance

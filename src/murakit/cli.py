@@ -634,8 +634,17 @@ def evaluate(
     workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 2,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images, list them.")] = False,
+    by_markers: Annotated[
+        bool,
+        typer.Option(
+            help="Also split the figures by whether the marker detector finds a letter marker."
+        ),
+    ] = False,
 ) -> None:
-    """Study-level accuracy, Cohen's kappa (95% CI), AUROC, sensitivity, specificity per part."""
+    """Study-level accuracy, Cohen's kappa (95% CI), AUROC, sensitivity, specificity per part.
+
+    On an imported dataset whose truth.csv flags orthopaedic hardware (FracAtlas), the figures
+    are also given with and without hardware: a model can score by finding plates."""
     from murakit.evaluate.ensemble import ModelDirError
     from murakit.evaluate.evaluation import evaluate_model
     from murakit.evaluate.outputs import (
@@ -660,6 +669,7 @@ def evaluate(
                     workers=workers,
                     device=device,
                     skip_bad=skip_bad,
+                    by_markers=by_markers,
                     on_start=lambda n: bar.update(task, total=n),
                     on_batch=lambda n: bar.advance(task, n),
                 )
@@ -676,11 +686,37 @@ def evaluate(
             f"{dataset['classes'][1]}, called at probability >= {result.metrics['threshold']:.3g}",
         )
     )
+    if result.metrics.get("subgroups"):
+        console.print(_subgroup_table(result.metrics["subgroups"]))
     for message in result.skipped:
         console.print(f"[yellow]skipped:[/] {message}", highlight=False)
     console.print(
         f"wrote {result.out_dir}/metrics.json, study_predictions.csv, image_predictions.csv"
     )
+
+
+def _subgroup_table(groups: dict) -> Table:
+    table = Table(title="shortcut check: the same figures by subgroup (study level)")
+    for col in ("subgroup", "studies", "positive", "accuracy", "AUROC [95% CI]", "sens", "spec"):
+        table.add_column(col, justify="left" if col == "subgroup" else "right")
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    for name, g in groups.items():
+        ci = g.get("auroc_ci")
+        auroc = "-" if g["auroc"] is None else f"{g['auroc']:.3f}"
+        auroc += f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        table.add_row(
+            name,
+            str(g["n"]),
+            str(g["n_positive"]),
+            pct(g["accuracy"]),
+            auroc,
+            pct(g["sensitivity"]),
+            pct(g["specificity"]),
+        )
+    return table
 
 
 @app.command()
@@ -709,11 +745,16 @@ def cam(
         ),
     ] = 0,
 ) -> None:
-    """Class activation maps (hot = evidence for abnormal) overlaid on the original images."""
+    """Class activation maps (hot = evidence for abnormal) overlaid on the original images.
+
+    With --gallery on a dataset whose truth.csv has boxes (FracAtlas's fractures), the boxes
+    are drawn in green on the overlays."""
     from murakit.evaluate.ensemble import ModelDirError, load_models
     from murakit.explain.cam import cam_paths
+    from murakit.explain.localization import truth_boxes
 
     out = out or model / "cams"
+    boxes = None
     if gallery:
         from murakit.explain.gallery import gallery_study_folders
 
@@ -728,13 +769,16 @@ def cam(
         except ModelDirError as err:
             fail(str(err))
         inputs = gallery_study_folders(eval_dir, Path(loaded.config.data), per_class=gallery)
+        boxes = truth_boxes(Path(loaded.config.data))
         model = loaded
     if not inputs:
         fail("give images or study folders to explain, or --gallery N")
     with progress_bar(console=err_console) as bar:
         task = bar.add_task("class activation maps", total=None, status="")
         try:
-            rows = cam_paths(model, inputs, out, size, progress=lambda n: bar.advance(task, n))
+            rows = cam_paths(
+                model, inputs, out, size, progress=lambda n: bar.advance(task, n), boxes=boxes
+            )
         except ModelDirError as err:
             fail(str(err))
     bad = [r for r in rows if r["error"]]

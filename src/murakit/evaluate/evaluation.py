@@ -43,12 +43,15 @@ def evaluate_model(
     workers: int = 2,
     device: str = "auto",
     skip_bad: bool = False,
+    by_markers: bool = False,
     on_batch: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> EvaluationResult:
     """Write image_predictions.csv, study_predictions.csv and metrics.json into `out_dir`
     (default: <model_dir>/eval-<split>/). `data_root` defaults to the data the model was
-    trained on."""
+    trained on. Where the dataset's truth.csv flags orthopaedic hardware (FracAtlas), and with
+    ``by_markers`` (images where the marker detector finds a letter marker), the metrics are
+    repeated for each subgroup: how much of the score comes from plates and letters."""
     model_dir = Path(model_dir)
     runtime = make_runtime(device)
     loaded = load_models(model_dir)
@@ -91,6 +94,9 @@ def evaluate_model(
     metrics["data"] = str(root)
     metrics["split"] = split
     metrics["dataset"] = index.info.to_json()
+    groups = subgroups(root, records, by_markers=by_markers)
+    if groups:
+        metrics["subgroups"] = subgroup_metrics(records, probs, groups, threshold, aggregation)
     if rule:
         metrics["threshold_rule"] = rule
     metrics["aggregation"] = aggregation
@@ -103,3 +109,41 @@ def evaluate_model(
     )
     write_metrics_json(out_dir / "metrics.json", metrics)
     return EvaluationResult(out_dir, metrics, len(records), skipped)
+
+
+def subgroups(root: Path, records, *, by_markers: bool = False) -> dict[str, np.ndarray]:
+    """Boolean masks over ``records``: ``hardware`` / ``no hardware`` from the truth.csv of an
+    imported dataset, ``marker`` / ``no marker`` from the marker detector when asked."""
+    import csv
+
+    from murakit.data.index import TRUTH_FILE
+
+    groups: dict[str, np.ndarray] = {}
+    truth = Path(root) / TRUTH_FILE
+    if truth.exists():
+        with open(truth, newline="", encoding="utf-8") as handle:
+            flags = {row["image"]: row.get("hardware", "") for row in csv.DictReader(handle)}
+        hardware = np.array([flags.get(r.rel, "") == "1" for r in records])
+        if any(flags.get(r.rel, "") in ("0", "1") for r in records):
+            groups.update({"hardware": hardware, "no hardware": ~hardware})
+    if by_markers:
+        from murakit.data.imageio import read_grayscale
+        from murakit.data.quality import detect_markers
+
+        marker = np.array([detect_markers(read_grayscale(r.path)).flag for r in records])
+        groups.update({"marker": marker, "no marker": ~marker})
+    return groups
+
+
+def subgroup_metrics(records, probs, groups, threshold: float, aggregation: str) -> dict:
+    """Study-level metrics of each subgroup (a study belongs to it through its images)."""
+    from murakit.evaluate.metrics import binary_metrics
+
+    out = {}
+    for name, mask in groups.items():
+        chosen = [r for r, keep in zip(records, mask, strict=True) if keep]
+        if not chosen:
+            continue
+        _keys, _parts, labels, study_probs = study_table(chosen, probs[mask], aggregation)
+        out[name] = binary_metrics(labels, study_probs, threshold)
+    return out

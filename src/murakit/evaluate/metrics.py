@@ -19,6 +19,7 @@ GROUP_KEYS = (
     "kappa",
     "kappa_ci",
     "auroc",
+    "auroc_ci",
     "sensitivity",
     "specificity",
     "n_studies",
@@ -88,6 +89,26 @@ def auroc(labels, probs) -> float | None:
     return float(roc_auc_score(labels, probs))
 
 
+def auroc_delong_ci(labels, probs, level: float = 0.95) -> list[float] | None:
+    """DeLong's interval for AUROC (DeLong et al. 1988): the AUC's variance from each item's
+    placement value (the share of the other class it outranks, ties counting half), so no
+    resampling is needed. None with one class, or with one item of a class."""
+    from scipy.stats import norm, rankdata
+
+    labels, probs = _check(labels, probs)
+    pos, neg = probs[labels == 1], probs[labels == 0]
+    m, n = len(pos), len(neg)
+    if m < 2 or n < 2:
+        return None
+    all_ranks = rankdata(np.concatenate([pos, neg]))
+    v10 = (all_ranks[:m] - rankdata(pos)) / n  # per positive: share of negatives below it
+    v01 = 1 - (all_ranks[m:] - rankdata(neg)) / m  # per negative: share of positives above
+    auc = float(v10.mean())
+    se = float(np.sqrt(v10.var(ddof=1) / m + v01.var(ddof=1) / n))
+    z = float(norm.ppf(1 - (1 - level) / 2))
+    return [max(0.0, auc - z * se), min(1.0, auc + z * se)]
+
+
 def kappa_bootstrap_ci(
     tp: int, fp: int, tn: int, fn: int, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> list[float] | None:
@@ -140,6 +161,7 @@ def binary_metrics(
         "kappa": _none_if_nan(float(_kappa(tp, fp, tn, fn))),
         "kappa_ci": kappa_bootstrap_ci(tp, fp, tn, fn, n_boot=n_boot, seed=seed),
         "auroc": auroc(labels, probs),
+        "auroc_ci": auroc_delong_ci(labels, probs),
         "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
         "n": n,
@@ -161,6 +183,7 @@ def _group_metrics(
         "kappa": study["kappa"],
         "kappa_ci": study["kappa_ci"],
         "auroc": study["auroc"],
+        "auroc_ci": study["auroc_ci"],
         "sensitivity": study["sensitivity"],
         "specificity": study["specificity"],
         "n_studies": study["n"],

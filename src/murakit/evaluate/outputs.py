@@ -197,6 +197,12 @@ def _kappa_text(group: dict[str, Any]) -> str:
     return text if ci is None else f"{text} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _auroc_text(group: dict[str, Any]) -> str:
+    text = _num(group.get("auroc"))
+    ci = group.get("auroc_ci")
+    return text if ci is None else f"{text} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def format_part_table(
     metrics: dict[str, Any], reference: dict[str, float] | None = None, title: str | None = None
 ) -> Table:
@@ -214,7 +220,7 @@ def format_part_table(
         table.add_column("reference (report)", justify="right")
         table.add_column("Δ (pts)", justify="right")
     table.add_column("kappa [95% CI]", justify="right")
-    table.add_column("AUROC", justify="right")
+    table.add_column("AUROC [95% CI]", justify="right")
     table.add_column("sensitivity", justify="right")
     table.add_column("specificity", justify="right")
 
@@ -227,7 +233,7 @@ def format_part_table(
             cells.append("-" if ref is None else f"{100 * (group['study_accuracy'] - ref):+.1f}")
         cells += [
             _kappa_text(group),
-            _num(group["auroc"]),
+            _auroc_text(group),
             _pct(group["sensitivity"]),
             _pct(group["specificity"]),
         ]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,10 +173,16 @@ def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def overlay(
-    image: np.ndarray, cam_original: np.ndarray, probability: float, caption: str = ""
+    image: np.ndarray,
+    cam_original: np.ndarray,
+    probability: float,
+    caption: str = "",
+    positive: str = "abnormal",
+    boxes: Sequence[tuple[float, float, float, float]] = (),
 ) -> Image.Image:
-    """An RGB picture: the radiograph in gray with the CAM's positive part as a heat map, and a
-    caption bar "P(abnormal) = 0.87  <caption>" underneath.
+    """An RGB picture: the radiograph in gray with the CAM's positive part as a heat map, the
+    ground-truth ``boxes`` (e.g. fracture boxes) in green, and a caption bar
+    "P(abnormal) = 0.87  <caption>" underneath (``positive`` names the class).
 
     The heat is the CAM divided by its maximum (when positive), so the strongest evidence for
     abnormal is red and cells with none (CAM <= 0) leave the radiograph untouched; opacity grows
@@ -191,7 +197,10 @@ def overlay(
     alpha = (ALPHA * np.sqrt(heat))[..., None]
     rgb = gray[..., None] * (1 - alpha) + _heat_colors(heat) * alpha
     picture = Image.fromarray(np.rint(rgb * 255).astype(np.uint8), "RGB")
-    return _with_caption(picture, f"P(abnormal) = {probability:.2f}", caption)
+    draw = ImageDraw.Draw(picture)
+    for box in boxes:
+        draw.rectangle(box, outline=(0, 255, 0), width=max(1, round(max(gray.shape) / 250)))
+    return _with_caption(picture, f"P({positive}) = {probability:.2f}", caption)
 
 
 def _with_caption(picture: Image.Image, head: str, tail: str) -> Image.Image:
@@ -282,9 +291,11 @@ def cam_paths(
     out_dir: Path,
     size: int = CAM_SIZE,
     progress: Callable[[int], None] | None = None,
+    boxes: Mapping[str, Sequence[tuple[float, float, float, float]]] | None = None,
 ) -> list[dict]:
     """CAM overlays for images and study folders: ``<study>__<image>.png`` per image (or
     ``<image>.png`` for a loose image) in ``out_dir``, plus ``cams.csv``; returns its rows.
+    ``boxes`` maps an image's resolved path to ground-truth boxes drawn on its overlay.
 
     ``model_dir`` is a run or ensemble folder (or models already loaded by ``load_models``).
     Images get the quality fixes the model was trained with, as in prediction; if a fix changes
@@ -313,7 +324,9 @@ def cam_paths(
             heat = cam_on_original(result.cam, image.shape, size)
             name = _png_name(study, path, taken)
             caption = f"{study}/{path.name}" if study else path.name
-            save_overlay(out_dir / name, overlay(image, heat, result.probability, caption))
+            drawn = (boxes or {}).get(str(Path(path).resolve()), ())
+            picture = overlay(image, heat, result.probability, caption, loaded.classes[1], drawn)
+            save_overlay(out_dir / name, picture)
             row.update(probability=round(result.probability, 6), cam_png=name)
         rows.append(row)
         if progress:

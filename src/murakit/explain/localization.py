@@ -50,6 +50,20 @@ def truth_file(data: Path) -> Path:
     )
 
 
+def truth_boxes(data: Path) -> dict[str, list[Box]]:
+    """Resolved image path -> its boxes, for every image with a finding (none: empty)."""
+    try:
+        path = truth_file(data)
+    except FileNotFoundError:
+        return {}
+    with open(path, newline="") as f:
+        return {
+            str((Path(data) / r["image"]).resolve()): parse_boxes(r["finding_box"])
+            for r in csv.DictReader(f)
+            if r.get("finding_box", "").strip()
+        }
+
+
 def finding_rows(data: Path, split: str = "valid") -> list[dict]:
     """Truth rows of ``split`` whose image shows a finding (only abnormal studies ever do)."""
     with open(truth_file(data), newline="") as f:

@@ -717,7 +717,7 @@ def part_table(metrics: dict[str, Any], positive: str = "abnormal") -> str:
             cells += [_cell(fmt_pct(ref)), _cell(delta)]
         cells += [
             _cell(esc(fmt_kappa(g))),
-            _cell(fmt_num(g.get("auroc"))),
+            _cell(fmt_num(g.get("auroc")) + _ci_text(g.get("auroc_ci"))),
             _cell(fmt_pct(g.get("sensitivity"))),
             _cell(fmt_pct(g.get("specificity"))),
             _cell(fmt_int(g.get("n_images"))),
@@ -792,6 +792,10 @@ def _evaluation_block(ev: Evaluation) -> str:
     )
     parts.append("".join(figures))
     return "".join(parts)
+
+
+def _ci_text(ci: Sequence[float] | None) -> str:
+    return f' <span class="ci">[{fmt_num(ci[0])}, {fmt_num(ci[1])}]</span>' if ci else ""
 
 
 def _threshold_origin(metrics: dict[str, Any]) -> str:
