@@ -7,6 +7,13 @@ lands, and how often `marker` fires on images whose only bright objects are orth
 hardware. Exits 1 if inversion misses its target (precision and recall >= 0.95).
 
     python bench/quality_detectors.py [--studies 400] [--quick] [--seed 0] [--keep DIR]
+
+With ``--real`` it scores the detectors on hand-labelled real radiographs instead
+(bench/real_labels, FracAtlas CC BY 4.0) and prints precision and recall with 95% Wilson
+intervals and each set's prevalence; ``--split`` picks the test half (default), the tuning
+half or all:
+
+    python bench/quality_detectors.py --real [--split test] [--fracatlas ../shared/FracAtlas]
 """
 
 from __future__ import annotations
@@ -158,7 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="generate into DIR and keep it (reused if it already holds a synthetic set)",
     )
+    parser.add_argument("--real", action="store_true", help="score on real labelled images")
+    parser.add_argument("--split", choices=("test", "tune", "all"), default="test")
+    parser.add_argument("--fracatlas", type=Path, help="FracAtlas root (../shared/FracAtlas)")
+    parser.add_argument(
+        "--variants", type=int, default=2, help="canvas cases per image for inversion"
+    )
     args = parser.parse_args(argv)
+    if args.real:
+        return main_real(args)
     if args.quick:
         args.studies = min(args.studies, 120)
 
@@ -178,6 +193,23 @@ def main(argv: list[str] | None = None) -> int:
         seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
         results = evaluate(checks, read_truth(out / "synth_truth.csv"))
     return 0 if report(results, seconds, cpu) else 1
+
+
+def main_real(args: argparse.Namespace) -> int:
+    """Score on the hand-labelled real images (bench/real_labels)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import quality_real
+
+    root = args.fracatlas or quality_real.FRACATLAS
+    if not (root / "images").is_dir():
+        print(f"no FracAtlas images under {root} (pass --fracatlas)", file=sys.stderr)
+        return 2
+    items = [
+        it for it in quality_real.load_labels(root) if args.split == "all" or it.split == args.split
+    ]
+    res = quality_real.evaluate_real(items, args.variants)
+    quality_real.report_real(res, args.split)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,264 @@
+"""The quality detectors against hand labels on real radiographs (FracAtlas, CC BY 4.0).
+
+Used by ``bench/quality_detectors.py --real`` and by ``bench/train_quality_inversion.py``.
+The labels are ``bench/real_labels/fracatlas_labels.csv`` (see its README for how they
+were made). Markers are scored per marker: a labelled marker is found when a predicted
+box overlaps it with IoU >= 0.3, and every predicted box that matches no labelled marker
+is a false positive. Inversion is scored on real images set on canvases real exports have
+(white, grey or black padding, rotated fields, round fluoroscopy-like fields), a minority
+of them inverted, made deterministically here from the labelled images.
+
+FracAtlas: Abedeen, I., Rahman, M.A., Prottyasha, F.Z. et al. Scientific Data 10, 521
+(2023), doi:10.1038/s41597-023-02432-4, CC BY 4.0.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from murakit.data.imageio import read_grayscale
+from murakit.data.quality import check_image, detect_inverted
+
+LABELS = Path(__file__).resolve().parent / "real_labels" / "fracatlas_labels.csv"
+FRACATLAS = Path(__file__).resolve().parents[2] / "shared" / "FracAtlas"
+MARKER_IOU = 0.3
+INVERTED_SHARE = 0.25
+CANVASES = ("plain", "white", "grey", "black", "rotated", "round")
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class Labelled:
+    image_id: str
+    path: Path
+    split: str
+    hardware: bool
+    multiscan: bool
+    markers: list[Box] | None  # None: not reviewed for markers
+    composite: bool | None  # None: undecided
+
+
+def parse_boxes(text: str) -> list[Box]:
+    boxes = []
+    for part in text.split(";"):
+        numbers = [int(float(v)) for v in part.split()]
+        if len(numbers) == 4:
+            boxes.append(tuple(numbers))
+    return boxes
+
+
+def load_labels(root: Path = FRACATLAS, labels: Path = LABELS) -> list[Labelled]:
+    out = []
+    with open(labels, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            out.append(
+                Labelled(
+                    row["image_id"],
+                    root / "images" / row["folder"] / row["image_id"],
+                    row["split"],
+                    row["hardware"] == "1",
+                    row["multiscan"] == "1",
+                    parse_boxes(row["marker_boxes"]) if row["markers_reviewed"] == "1" else None,
+                    None if row["composite"] == "" else row["composite"] == "1",
+                )
+            )
+    return out
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (0, 1 when n is 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def iou(a: Box, b: Box) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def match_boxes(truth: list[Box], predicted: list[Box], threshold: float = MARKER_IOU):
+    """Greedy one-to-one matching by IoU: (matched truth count, unmatched predictions)."""
+    pairs = sorted(
+        ((iou(t, p), i, j) for i, t in enumerate(truth) for j, p in enumerate(predicted)),
+        reverse=True,
+    )
+    used_t, used_p = set(), set()
+    for value, i, j in pairs:
+        if value < threshold:
+            break
+        if i in used_t or j in used_p:
+            continue
+        used_t.add(i)
+        used_p.add(j)
+    return len(used_t), [p for j, p in enumerate(predicted) if j not in used_p]
+
+
+# ------------------------------------------------------------------- inverted cases
+
+
+def _rng(image_id: str, salt: str) -> np.random.Generator:
+    digest = hashlib.sha1(f"{salt}:{image_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def canvas_case(img: np.ndarray, image_id: str, variant: int = 0) -> tuple[np.ndarray, bool, str]:
+    """One deterministic canvas case of a real image: (pixels, inverted?, canvas kind).
+
+    A quarter are inverted (255 - img); every case, inverted or not, is then set on one of
+    the canvases real exports have. The padding level is drawn independently of the
+    polarity, since exports pad inverted images with black as often as with white.
+    """
+    rng = _rng(image_id, f"canvas{variant}")
+    inverted = bool(rng.random() < INVERTED_SHARE)
+    kind = CANVASES[int(rng.integers(len(CANVASES)))]
+    work = 255 - img if inverted else img.copy()
+    level = int(rng.choice([0, 12, 128, 200, 255]))
+    h, w = work.shape
+    if kind in ("white", "grey", "black"):
+        level = {"white": int(rng.integers(225, 256)), "grey": int(rng.integers(90, 170))}.get(
+            kind, int(rng.integers(0, 20))
+        )
+        top, bottom = (int(v) for v in rng.integers(0, h // 3 + 1, 2))
+        left, right = (int(v) for v in rng.integers(0, w // 3 + 1, 2))
+        work = np.pad(work, ((top, bottom), (left, right)), constant_values=level)
+    elif kind == "rotated":
+        angle = float(rng.uniform(5, 30)) * (1 if rng.random() < 0.5 else -1)
+        work = ndimage.rotate(work, angle, order=1, reshape=True, cval=level)
+        work = np.clip(work, 0, 255).astype(np.uint8)
+    elif kind == "round":
+        side = max(h, w)
+        canvas = np.full((side, side), level, np.uint8)
+        canvas[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = work
+        yy, xx = np.mgrid[:side, :side]
+        radius = side * float(rng.uniform(0.36, 0.5))
+        outside = (yy - side / 2) ** 2 + (xx - side / 2) ** 2 > radius**2
+        canvas[outside] = level
+        work = canvas
+    return work.astype(np.uint8), inverted, kind
+
+
+def inverted_cases(
+    items: list[Labelled], variants: int = 2
+) -> Iterator[tuple[str, np.ndarray, bool, str]]:
+    for item in items:
+        img = read_grayscale(item.path)
+        for v in range(variants):
+            pixels, inverted, kind = canvas_case(img, item.image_id, v)
+            yield item.image_id, pixels, inverted, kind
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+def evaluate_real(items: list[Labelled], variants: int = 2) -> dict:
+    """Every figure the real-image benchmark prints."""
+    res: dict = {}
+    tp_m = n_truth = n_pred = hw_fp = 0
+    img_pairs = []
+    comp_pairs = []
+    seconds = 0.0
+    for item in items:
+        start = time.perf_counter()
+        img = read_grayscale(item.path)
+        inversion, markers, panels, _ = check_image(img)
+        seconds += time.perf_counter() - start
+        if item.markers is not None:
+            found, unmatched = match_boxes(item.markers, list(markers.boxes))
+            tp_m += found
+            n_truth += len(item.markers)
+            n_pred += len(markers.boxes)
+            if item.hardware:
+                hw_fp += len(unmatched)
+            img_pairs.append((markers.flag, bool(item.markers)))
+        if item.composite is not None:
+            comp_pairs.append((panels.flag, item.composite))
+    res["images"] = len(items)
+    res["check_seconds"] = seconds
+    res["marker"] = (tp_m, n_pred - tp_m, n_truth - tp_m, n_truth)
+    res["marker_hardware_fp"] = (hw_fp, n_pred)
+    res["marker_images"] = _pr(img_pairs)
+    res["multi_panel"] = _pr(comp_pairs)
+
+    cases = [
+        (iid, detect_inverted(pixels).flag, inverted, kind)
+        for iid, pixels, inverted, kind in inverted_cases(items, variants)
+    ]
+    res["inverted"] = _pr([(f, t) for _, f, t, _ in cases])
+    kinds = sorted({k for *_, k in cases})
+    res["inverted_by_kind"] = {k: _pr([(f, t) for _, f, t, kk in cases if kk == k]) for k in kinds}
+    # the image-level flag on images without any marker
+    no_marker = {it.image_id for it in items if it.markers is not None and not it.markers}
+    res["inverted_no_marker"] = _pr([(f, t) for iid, f, t, _ in cases if iid in no_marker])
+    return res
+
+
+def _pr(pairs: list[tuple[bool, bool]]) -> tuple[int, int, int, int]:
+    """(TP, FP, FN, positives) of (predicted, true) pairs."""
+    tp = sum(p and t for p, t in pairs)
+    fp = sum(p and not t for p, t in pairs)
+    fn = sum(t and not p for p, t in pairs)
+    return tp, fp, fn, len(pairs)
+
+
+def _line(name: str, tp: int, fp: int, fn: int, prevalence: str, target: str) -> str:
+    p_lo, p_hi = wilson(tp, tp + fp)
+    r_lo, r_hi = wilson(tp, tp + fn)
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    return (
+        f"{name:<22} {precision:6.3f} [{p_lo:.3f}, {p_hi:.3f}]  {recall:6.3f} "
+        f"[{r_lo:.3f}, {r_hi:.3f}]  {tp:>4} {fp:>4} {fn:>4}  {prevalence:<22} {target}"
+    )
+
+
+def report_real(res: dict, split: str) -> None:
+    n = res["images"]
+    print(
+        f"real FracAtlas images, {split} split: {n} images; "
+        f"{1000 * res['check_seconds'] / max(n, 1):.1f} ms per image for decode + check_image "
+        f"({n / max(res['check_seconds'], 1e-9):.0f} images/s on one core)\n"
+    )
+    head = (
+        f"{'detector':<22} {'precision [95% CI]':<23} {'recall [95% CI]':<23} "
+        f"{'TP':>4} {'FP':>4} {'FN':>4}  {'prevalence':<22} target"
+    )
+    print(head)
+    tp, fp, fn, n_pos = res["inverted"]
+    cases = tp + fp + (res["inverted"][3] - tp - fp)
+    positives = tp + fn
+    print(_line("inverted (canvases)", tp, fp, fn, f"{positives}/{cases} inverted", "P, R >= 0.95"))
+    tp2, fp2, fn2, n2 = res["inverted_no_marker"]
+    print(_line("  images w/o marker", tp2, fp2, fn2, f"{tp2 + fn2}/{n2} inverted", "P, R >= 0.95"))
+    tp, fp, fn, n_truth = res["marker"]
+    print(_line("marker (per marker)", tp, fp, fn, f"{n_truth} markers", "R >= 0.85 @ P >= 0.90"))
+    tp3, fp3, fn3, n3 = res["marker_images"]
+    print(_line("  image level", tp3, fp3, fn3, f"{tp3 + fn3}/{n3} with marker", "(context)"))
+    tp, fp, fn, n = res["multi_panel"]
+    print(_line("multi-panel", tp, fp, fn, f"{tp + fn}/{n} composites", "P >= 0.90, R >= 0.80"))
+    hw, n_pred = res["marker_hardware_fp"]
+    lo, hi = wilson(hw, n_pred)
+    print(
+        f"\nunmatched marker boxes in `hardware` images: {hw}/{n_pred} of all predicted boxes "
+        f"({hw / max(n_pred, 1):.3f} [{lo:.3f}, {hi:.3f}]; target <= 0.02; an upper bound on "
+        "boxes on plates, screws, wires and clips)"
+    )
+    print("\ninverted by canvas:")
+    for kind, (tp, fp, fn, n) in res["inverted_by_kind"].items():
+        print(f"  {kind:<8} n={n:<4} TP={tp:<4} FP={fp:<4} FN={fn:<4}")
