@@ -15,12 +15,15 @@ a minute on a laptop and behave the same on any dataset.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +58,9 @@ UNEXPOSED_LEVEL = 24
 
 PANEL_GRID = 256
 """Multi-panel and inversion checks look at a copy whose longer side is at most this."""
+
+WEIGHTS_FILE = "quality_weights.json"
+"""Package data: the learned weights (bench/train_quality_models.py writes them)."""
 
 
 # ----------------------------------------------------------------------------- results
@@ -159,32 +165,108 @@ def _sigmoid(x: float) -> float:
 # --------------------------------------------------------------------------- inversion
 
 
-def inversion_features(img: np.ndarray) -> dict[str, float]:
-    """The statistics the inversion score weighs (exposed for the benchmark and tuning).
+INVERSION_FEATURES = (
+    "skew",
+    "median",
+    "mode",
+    "ring_minus_centre",
+    "thin_ratio3",
+    "thin_ratio7",
+    "dark_share",
+    "bright_share",
+    "spread",
+    "content_share",
+)
+"""What :func:`inversion_features` measures, in the order the learned weights expect."""
 
-    - ``border_minus_centre``: a radiograph's border is mostly black surround, its centre
-      exposed field, so this is negative; a negative's is positive.
-    - ``skew``: bone is a small bright tail above soft tissue (positive skew); inverted,
-      the tail points dark.
-    - ``white_minus_black``: the surround is a large block at one end of the gray scale.
+
+def content_mask(small: np.ndarray) -> np.ndarray:
+    """Pixels that are not export padding: padding is flat (one gray level, no film noise)
+    and touches the image border, whatever its level (white, grey or black canvas, the
+    corners left by a rotated field, the outside of a round fluoroscopy field)."""
+    mean = ndimage.uniform_filter(small, 5)
+    var = ndimage.uniform_filter(small * small, 5) - mean * mean
+    flat = var < 0.004**2
+    labels, n = ndimage.label(flat)
+    if n == 0:
+        return np.ones(small.shape, bool)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    touching = np.zeros(n + 1, bool)
+    touching[edge] = True
+    touching[0] = False
+    padding = ndimage.binary_dilation(touching[labels], iterations=2)
+    content = ~padding
+    return content if content.sum() >= 0.1 * content.size else np.ones(small.shape, bool)
+
+
+def inversion_features(img: np.ndarray) -> dict[str, float]:
+    """The statistics the inversion score weighs, measured on the exposed content only
+    (export padding of any level left out, see :func:`content_mask`).
+
+    - ``skew``, ``median``, ``mode``, ``dark_share``, ``bright_share``: a radiograph's
+      largest smooth area is the direct-exposure background, dark, with anatomy and bone
+      as a bright tail; in a negative the background is the bright end.
+    - ``thin_ratio3``, ``thin_ratio7``: log ratio of thin bright to thin dark structure
+      (white over black top-hat): cortices, trabeculae, letters and metal are thin and
+      bright in a radiograph, dark in a negative.
+    - ``ring_minus_centre``: content border minus content centre (collimation, surround).
+    - ``spread``, ``content_share``: context for the weights.
     """
     small, _ = _shrink(img, 128)
     small = small / 255.0
-    h, w = small.shape
-    width = max(2, min(h, w) // 16)
-    centre = small[h // 4 : h - h // 4, w // 4 : w - w // 4]
+    content = content_mask(small)
+    values = small[content]
+    p1, p25, p50, p75, p99 = np.percentile(values, [1, 25, 50, 75, 99])
+    spread = max(float(p99 - p1), 1e-3)
+    hist, _ = np.histogram(values, bins=32, range=(p1, p99 if p99 > p1 else p1 + 1e-3))
+    ys, xs = np.nonzero(content)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    ch, cw = y1 - y0, x1 - x0
+    centre = np.zeros(small.shape, bool)
+    centre[y0 + ch // 4 : y1 - ch // 4, x0 + cw // 4 : x1 - cw // 4] = True
+    centre &= content
+    ring = content.copy()
+    rw = max(2, min(ch, cw) // 10)
+    ring[y0 + rw : y1 - rw, x0 + rw : x1 - rw] = False
+    ring_med = float(np.median(small[ring])) if ring.any() else float(p50)
+    centre_med = float(np.median(small[centre])) if centre.any() else float(p50)
+    thin = []
+    for size in (3, 7):
+        white = small - ndimage.grey_opening(small, size=(size, size))
+        black = ndimage.grey_closing(small, size=(size, size)) - small
+        thin.append(float(np.log((white[content].mean() + 1e-4) / (black[content].mean() + 1e-4))))
     return {
-        "border_minus_centre": float(np.median(_ring(small, width)) - np.median(centre)),
-        "skew": _skew(small),
-        "white_minus_black": float(np.mean(small > 0.9) - np.mean(small < 0.1)),
+        "skew": _skew(values),
+        "median": float(p50 - p1) / spread,
+        "mode": (float(np.argmax(hist)) + 0.5) / len(hist),
+        "ring_minus_centre": (ring_med - centre_med) / spread,
+        "thin_ratio3": thin[0],
+        "thin_ratio7": thin[1],
+        "dark_share": float(np.mean(values < p1 + 0.1 * spread)),
+        "bright_share": float(np.mean(values > p99 - 0.1 * spread)),
+        "spread": float(p75 - p25) / spread,
+        "content_share": float(content.mean()),
     }
 
 
+@functools.cache
+def learned_weights() -> dict:
+    """The small learned models shipped with the package (quality_weights.json), written
+    by bench/train_quality_models.py from FracAtlas (CC BY 4.0) and synthetic images."""
+    text = resources.files("murakit.data").joinpath(WEIGHTS_FILE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def _logistic(model: dict, features: dict[str, float]) -> float:
+    x = np.array([features[name] for name in model["features"]], np.float64)
+    z = (x - np.array(model["mean"])) / np.array(model["scale"])
+    return _sigmoid(float(z @ np.array(model["coef"]) + model["bias"]))
+
+
 def detect_inverted(img: np.ndarray) -> Inversion:
-    """Flag a negative: white surround and dark bone (weighs :func:`inversion_features`)."""
-    f = inversion_features(img)
-    logit = 6.0 * f["border_minus_centre"] - 1.5 * f["skew"] + 4.0 * f["white_minus_black"]
-    score = _sigmoid(logit)
+    """Flag a negative: dark bone and a bright background, on any export canvas (a
+    logistic model of :func:`inversion_features`, see :func:`learned_weights`)."""
+    score = _logistic(learned_weights()["inversion"], inversion_features(img))
     return Inversion(score >= 0.5, round(score, 4))
 
 
