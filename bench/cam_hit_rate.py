@@ -22,9 +22,10 @@ import json
 import time
 from pathlib import Path
 
+from murakit.data.truth import TRUTH_FILES, parse_boxes
 from murakit.evaluate.ensemble import load_models, run_is_finished
 from murakit.explain.cam import overlay, save_overlay
-from murakit.explain.localization import TRUTH_FILES, localization_scores, parse_boxes
+from murakit.explain.localization import localization_scores
 
 
 def train_model(data: Path, run: Path, args: argparse.Namespace) -> Path:

@@ -168,7 +168,9 @@ def test_csv_import_refuses_a_study_with_two_labels(tmp_path):
     rows = _rows(2)
     rows[1] = {**rows[1], "finding": "positive"}  # same patient, study and part as rows[0]
     table = _hospital_export(tmp_path, rows)
-    with pytest.raises(DatasetError, match="row 3: label 1, but .*row 2 gives study 'A0' of patientMRN-000"):
+    with pytest.raises(
+        DatasetError, match="row 3: label 1, but .*row 2 gives study 'A0' of patientMRN-000"
+    ):
         import_csv(table, tmp_path / "ds", **CSV_ARGS)
 
 
@@ -204,7 +206,8 @@ def test_fracatlas_parts_through_train_evaluate_and_report(fracatlas_data, tmp_p
     result = CliRunner().invoke(
         app,
         ["train", "--data", str(fracatlas_data), "--out", str(run), "--preset", "demo"]
-        + ["--epochs", "1", "--size", "64", "--workers", "0", "--threshold-slice", "0.3"],
+        + ["--epochs", "1", "--size", "64", "--workers", "0", "--threshold-slice", "0.3"]
+        + ["--box-loss", "0.5"],
     )
     assert result.exit_code == 0, result.output
     stored = json.loads((run / "threshold.json").read_text())

@@ -181,3 +181,22 @@ def test_epoch_sampler_shards_cover_each_epoch_once():
     assert [i for i, _ in single] == order[6:]
     single.set_epoch(5)
     assert [i for i, _ in single] != order
+
+
+def test_box_guidance_loss_supervises_the_right_cells():
+    """Negatives: every cell pushed down; positives: only the cells a box touches pushed up."""
+    from murakit.train.loss import box_guidance_loss
+
+    cams = torch.zeros(2, 4, 4)
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[1, 0, 0:4, 0:4] = 1.0  # a box in the first cell of the positive image
+    labels = torch.tensor([0.0, 1.0])
+    at_zero = box_guidance_loss(cams, labels, masks)
+    assert at_zero == pytest.approx(2 * np.log(2), rel=1e-5)  # one mean BCE per image
+    better = cams.clone()
+    better[0] -= 0.5  # the negative's cells go down
+    better[1, 0, 0] += 0.5  # the positive's box cell goes up
+    assert box_guidance_loss(better, labels, masks) < at_zero
+    elsewhere = cams.clone()
+    elsewhere[1, 3, 3] += 5.0  # a cell outside the box of a positive image is not supervised
+    assert box_guidance_loss(elsewhere, labels, masks) == pytest.approx(float(at_zero))

@@ -189,3 +189,22 @@ def test_eval_transform_is_deterministic():
     torch.testing.assert_close(a, t(img))
     torch.testing.assert_close(a, t.from_square(square_resize(img, 224)))
     torch.testing.assert_close(a, to_tensor(square_resize(img, 224)))
+
+
+def test_box_masks_follow_the_image_through_rotation_and_flip():
+    """Box guidance ships a mask channel beside the image: both get the same geometry."""
+    from murakit.data.transforms import augment_batch_with_masks
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((64, 64), dtype=np.uint8)
+    image[10:20, 40:60] = 255  # a bright box: its mask is the same picture
+    squares = torch.from_numpy(np.stack([image, image]))[None].repeat(4, 1, 1, 1)
+    params = torch.tensor([[rng.uniform(-30, 30), float(i % 2)] for i in range(4)])
+    images, masks = augment_batch_with_masks(squares, params)
+    assert images.shape == (4, 3, 64, 64) and masks.shape == (4, 1, 64, 64)
+    expected = augment_batch(squares[:, 0], params)
+    assert torch.allclose(images, expected)
+    gray = (images[:, :1] - images[:, :1].amin((2, 3), keepdim=True)) / (
+        images[:, :1].amax((2, 3), keepdim=True) - images[:, :1].amin((2, 3), keepdim=True)
+    )
+    assert torch.allclose(gray, masks, atol=1e-5)

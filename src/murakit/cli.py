@@ -346,6 +346,18 @@ PanelsOpt = Annotated[str | None, typer.Option(help="Multi-radiograph images: ke
 CacheOpt = Annotated[
     str | None, typer.Option(help="Decoded-image cache folder made by `murakit cache`.")
 ]
+LrScheduleOpt = Annotated[
+    str | None,
+    typer.Option(help="plateau (lr/10 when validation loss stalls) | cosine (to 0 over epochs)."),
+]
+BoxLossOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Weight of the box-guidance loss that puts CAMs on the dataset's truth boxes "
+        "(FracAtlas's fracture boxes; 0 = off).",
+        min=0.0,
+    ),
+]
 ThresholdSliceOpt = Annotated[
     float | None,
     typer.Option(
@@ -407,6 +419,8 @@ def train(
     panels: PanelsOpt = None,
     cache: CacheOpt = None,
     skip_bad: SkipBadOpt = None,
+    lr_schedule: LrScheduleOpt = None,
+    box_loss: BoxLossOpt = None,
     threshold_slice: ThresholdSliceOpt = None,
     threshold_sensitivity: ThresholdSensitivityOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
@@ -438,6 +452,8 @@ def train(
             panels=panels,
             cache=cache,
             skip_bad=skip_bad,
+            lr_schedule=lr_schedule,
+            box_loss=box_loss,
             threshold_slice=threshold_slice,
             threshold_sensitivity=threshold_sensitivity,
         )
@@ -516,6 +532,8 @@ def ensemble_train(
     panels: PanelsOpt = None,
     cache: CacheOpt = None,
     skip_bad: SkipBadOpt = None,
+    lr_schedule: LrScheduleOpt = None,
+    box_loss: BoxLossOpt = None,
     threshold_slice: ThresholdSliceOpt = None,
     threshold_sensitivity: ThresholdSensitivityOpt = None,
 ) -> None:
@@ -542,6 +560,8 @@ def ensemble_train(
         panels=panels,
         cache=cache,
         skip_bad=skip_bad,
+        lr_schedule=lr_schedule,
+        box_loss=box_loss,
         threshold_slice=threshold_slice,
         threshold_sensitivity=threshold_sensitivity,
     )
@@ -749,9 +769,9 @@ def cam(
 
     With --gallery on a dataset whose truth.csv has boxes (FracAtlas's fractures), the boxes
     are drawn in green on the overlays."""
+    from murakit.data.truth import truth_boxes
     from murakit.evaluate.ensemble import ModelDirError, load_models
     from murakit.explain.cam import cam_paths
-    from murakit.explain.localization import truth_boxes
 
     out = out or model / "cams"
     boxes = None

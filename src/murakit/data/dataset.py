@@ -51,6 +51,22 @@ class RecordLoader:
         return apply_config_fixes(read_record(record), self.config)
 
 
+class BoxMaskLoader:
+    """Wraps an image loader: (2, H, W) uint8, the image and a mask of its truth boxes (255
+    inside), for box-guided training; images without boxes get an empty mask."""
+
+    def __init__(self, load: ImageLoader, boxes: dict[str, list]) -> None:
+        self.load = load
+        self.boxes = boxes
+
+    def __call__(self, record: ImageRecord) -> np.ndarray:
+        image = self.load(record)
+        mask = np.zeros_like(image)
+        for x0, y0, x1, y1 in self.boxes.get(str(record.path.resolve()), ()):
+            mask[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] = 255
+        return np.stack([image, mask])
+
+
 class RadiographDataset(Dataset):
     """Items are (image tensor, label, index). Indexed by (index, epoch) pairs from
     `EpochSampler` for training; by plain ints for evaluation (no randomness)."""

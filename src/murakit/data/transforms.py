@@ -97,7 +97,20 @@ def augment_batch(squares: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     size; PIL's ``Image.rotate`` convention), then mirrors left-right where flip is 1. Runs
     on whatever device the tensors are on.
     """
-    x = squares.unsqueeze(1).float()
+    return normalize(rotate_flip(squares.unsqueeze(1).float(), params))
+
+
+def augment_batch_with_masks(
+    squares: torch.Tensor, params: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 2, S, S) uint8 [image, box mask] -> (normalised (N, 3, S, S) images, (N, 1, S, S)
+    masks in [0, 1]): the mask goes through exactly the image's rotation and flip."""
+    x = rotate_flip(squares.float(), params)
+    return normalize(x[:, :1]), x[:, 1:] / 255.0
+
+
+def rotate_flip(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """(N, C, S, S) float rotated and mirrored per image as :func:`augment_batch` says."""
     radians = torch.deg2rad(params[:, 0].to(x.dtype))
     cos, sin = torch.cos(radians), torch.sin(radians)
     mirror = 1.0 - 2.0 * (params[:, 1] > 0.5).to(x.dtype)  # -1 flips: x_out -> -x_out
@@ -112,8 +125,7 @@ def augment_batch(squares: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         dim=1,
     )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return normalize(x)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def augment(
@@ -156,13 +168,17 @@ class TrainTransform:
     def __call__(
         self, img: np.ndarray, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``img`` is (H, W), or (2, H, W) with a box mask beside the image (box guidance)."""
+        if img.ndim == 3:
+            square = np.stack([square_resize(channel, self.size) for channel in img])
+            return self.from_square(square, rng)
         return self.from_square(square_resize(img, self.size), rng)
 
     def from_square(
         self, square: np.ndarray, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """For a cached square already ``size`` x ``size``: skips square_resize."""
-        _check_square(square, self.size)
+        _check_square(square[0] if square.ndim == 3 else square, self.size)
         angle, flip = draw_augmentation(rng, self.rotation, self.hflip)
         tensor = torch.from_numpy(np.array(square, dtype=np.uint8))  # own, writable copy
         return tensor, torch.tensor([angle, float(flip)], dtype=torch.float32)

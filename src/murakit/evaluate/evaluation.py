@@ -114,15 +114,13 @@ def evaluate_model(
 def subgroups(root: Path, records, *, by_markers: bool = False) -> dict[str, np.ndarray]:
     """Boolean masks over ``records``: ``hardware`` / ``no hardware`` from the truth.csv of an
     imported dataset, ``marker`` / ``no marker`` from the marker detector when asked."""
-    import csv
-
     from murakit.data.index import TRUTH_FILE
+    from murakit.data.truth import read_truth
 
     groups: dict[str, np.ndarray] = {}
     truth = Path(root) / TRUTH_FILE
     if truth.exists():
-        with open(truth, newline="", encoding="utf-8") as handle:
-            flags = {row["image"]: row.get("hardware", "") for row in csv.DictReader(handle)}
+        flags = {row["image"]: row.get("hardware", "") for row in read_truth(root)}
         hardware = np.array([flags.get(r.rel, "") == "1" for r in records])
         if any(flags.get(r.rel, "") in ("0", "1") for r in records):
             groups.update({"hardware": hardware, "no hardware": ~hardware})

@@ -23,7 +23,6 @@ does clearly better.
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,51 +31,13 @@ import numpy as np
 
 from murakit.data.dataset import apply_config_fixes
 from murakit.data.imageio import read_grayscale
+from murakit.data.truth import Box, parse_boxes, read_truth, truth_file
 from murakit.explain.cam import CamResult, cam_on_original, cam_peak, compute_cam
-
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in original pixels
-
-
-TRUTH_FILES = ("truth.csv", "synth_truth.csv")  # murakit import's, murakit synth's
-
-
-def truth_file(data: Path) -> Path:
-    """The ground-truth table in ``data`` (image paths in it are relative to ``data``)."""
-    for name in TRUTH_FILES:
-        if (Path(data) / name).exists():
-            return Path(data) / name
-    raise FileNotFoundError(
-        f"{data}: no {' or '.join(TRUTH_FILES)} (made by `murakit import` or `murakit synth`)"
-    )
-
-
-def truth_boxes(data: Path) -> dict[str, list[Box]]:
-    """Resolved image path -> its boxes, for every image with a finding (none: empty)."""
-    try:
-        path = truth_file(data)
-    except FileNotFoundError:
-        return {}
-    with open(path, newline="") as f:
-        return {
-            str((Path(data) / r["image"]).resolve()): parse_boxes(r["finding_box"])
-            for r in csv.DictReader(f)
-            if r.get("finding_box", "").strip()
-        }
 
 
 def finding_rows(data: Path, split: str = "valid") -> list[dict]:
     """Truth rows of ``split`` whose image shows a finding (only abnormal studies ever do)."""
-    with open(truth_file(data), newline="") as f:
-        return [r for r in csv.DictReader(f) if r["split"] == split and r["finding_box"].strip()]
-
-
-def parse_boxes(text: str) -> list[Box]:
-    """'x0 y0 x1 y1', several separated by ';'."""
-    boxes = []
-    for piece in filter(None, (p.strip() for p in text.split(";"))):
-        x0, y0, x1, y1 = (float(v) for v in piece.split())
-        boxes.append((x0, y0, x1, y1))
-    return boxes
+    return [r for r in read_truth(data) if r["split"] == split and r["finding_box"].strip()]
 
 
 def point_in_box(x: float, y: float, box: Box) -> bool:

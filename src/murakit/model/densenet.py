@@ -95,6 +95,19 @@ def feature_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.relu(net.features(x))  # not in-place: callers may keep the maps for backward
 
 
+def logits_and_cams(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N,), CAMs (N, h, w)) from one forward pass, for losses on both (box-guided
+    training). The CAM is the classifier applied to each cell; in eval mode its mean is the
+    logit (dropout acts on the pooled features only in training)."""
+    net = unwrap(model)
+    maps = feature_maps(net, x)
+    weight, bias = classifier_params(net)
+    h, w = maps.shape[-2:]
+    cams = torch.einsum("c,nchw->nhw", weight[0], maps) + bias[0] / (h * w)
+    head = net.class_layers[1:]  # its first layer is the (in-place) ReLU the maps already had
+    return head(maps)[:, 0], cams
+
+
 def classifier_params(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight (num_outputs, C), bias (num_outputs,)) of the final Linear layer."""
     out = unwrap(model).class_layers.out

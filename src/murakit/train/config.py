@@ -29,6 +29,8 @@ class TrainConfig:
     hflip: bool = True
     loss: str = "bce"  # bce | weighted-bce (MURA paper: weights per body part)
     plateau_patience: int = -1  # epochs without val-loss improvement before lr/10; -1 = off
+    lr_schedule: str = "plateau"  # plateau (see plateau_patience) | cosine (to 0 over epochs)
+    box_loss: float = 0.0  # weight of the box-guidance loss on CAMs (needs truth.csv boxes)
     seed: int = 0
     workers: int = 2
     bf16: bool = True  # bf16 autocast on CPUs that support it; AMP (fp16) on CUDA

@@ -82,6 +82,18 @@ class Runtime:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
+    def batch_with_masks(
+        self, images: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch whose squares carry a box-mask channel: (images, masks)."""
+        from murakit.data.transforms import augment_batch_with_masks
+
+        squares, params = (t.to(self.device, non_blocking=True) for t in images)
+        batch, masks = augment_batch_with_masks(squares, params)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch, masks
+
     def describe(self) -> str:
         precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 AMP"}
         layout = ", channels_last" if self.channels_last else ""

@@ -28,12 +28,12 @@ from murakit.evaluate.inference import infer_logits, make_eval_loader, sigmoid
 from murakit.evaluate.metrics import study_accuracy_kappa
 from murakit.evaluate.threshold import slice_threshold, split_threshold_slice, write_slice
 from murakit.fsutil import atomic_torch_save, atomic_write_text
-from murakit.model.densenet import build_model, unwrap
+from murakit.model.densenet import build_model, logits_and_cams, unwrap
 from murakit.progress import progress_bar
 from murakit.train import distributed
 from murakit.train.config import TrainConfig
 from murakit.train.device import Runtime, make_runtime
-from murakit.train.loss import sample_weights, weighted_bce
+from murakit.train.loss import box_guidance_loss, sample_weights, weighted_bce
 
 METRIC_COLUMNS = (
     "epoch",
@@ -152,13 +152,7 @@ def train_run(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay
     )
-    scheduler = (
-        torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=0.1, patience=config.plateau_patience
-        )
-        if config.plateau_patience >= 0
-        else None
-    )
+    scheduler = _make_scheduler(optimizer, config)
     scaler = runtime.grad_scaler()
 
     result = RunResult(out, skipped=skipped)
@@ -182,7 +176,10 @@ def train_run(
     weights = sample_weights(train_records, train_records, config.loss)
     valid_weights = sample_weights(valid_records, train_records, config.loss)
     load, train_tf, eval_tf = _data_pipeline(config, train_records + valid_records, ctx, log)
-    train_set = RadiographDataset(train_records, train_tf, seed=config.seed, train=True, load=load)
+    train_load = _box_mask_loader(load, config, ctx) if config.box_loss else load
+    train_set = RadiographDataset(
+        train_records, train_tf, seed=config.seed, train=True, load=train_load
+    )
     valid_set = RadiographDataset(valid_records, eval_tf, load=load)
     slice_set = RadiographDataset(slice_records, eval_tf, load=load)
     sampler = EpochSampler(len(train_set), config.seed, rank=ctx.rank, world_size=ctx.world_size)
@@ -230,6 +227,7 @@ def train_run(
                 len(sampler.order()),
                 seed=config.seed,
                 epoch=epoch,
+                box_loss=config.box_loss,
             )
             if stopped:
                 if ctx.is_main:
@@ -245,8 +243,10 @@ def train_run(
             distributed.broadcast_buffers(ctx, model)  # every rank validates rank 0's model
             val = _validate(model, valid_set, valid_weights, runtime, config, ctx, bar)
             lr = optimizer.param_groups[0]["lr"]
-            if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(val["val_loss"])
+            elif scheduler is not None:
+                scheduler.step()
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -281,6 +281,39 @@ def train_run(
                 on_epoch(row)
     distributed.shutdown(ctx)
     return result
+
+
+def _box_mask_loader(load, config: TrainConfig, ctx):
+    """The training loader for box guidance: images with a mask of their truth boxes."""
+    from murakit.data.dataset import BoxMaskLoader
+    from murakit.data.truth import truth_boxes
+
+    if config.cache or config.panels != "keep" or ctx.enabled:
+        raise RunDirError(
+            "--box-loss works on decoded images in one process: not with --cache, "
+            "--panels largest (it moves the boxes) or several processes"
+        )
+    boxes = truth_boxes(Path(config.data))
+    if not boxes:
+        raise RunDirError(
+            f"{config.data}: --box-loss needs boxes in truth.csv (as `murakit import fracatlas` "
+            "writes); this dataset has none"
+        )
+    return BoxMaskLoader(load, boxes)
+
+
+def _make_scheduler(optimizer, config: TrainConfig):
+    """lr/10 when validation loss stalls (plateau_patience >= 0), a per-epoch cosine decay to
+    zero over the run's epochs, or None (constant)."""
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.lr_schedule != "plateau":
+        raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; use plateau or cosine")
+    if config.plateau_patience < 0:
+        return None
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=0.1, patience=config.plateau_patience
+    )
 
 
 def _rank_device(ctx: distributed.DistContext) -> str:
@@ -372,6 +405,7 @@ def _train_epoch(
     *,
     seed: int,
     epoch: int,
+    box_loss: float,
 ):
     """One pass over this rank's share of the epoch; returns (mean loss, seconds, images,
     stopped). Sums continue from `state["partial"]` after a mid-epoch resume."""
@@ -390,7 +424,9 @@ def _train_epoch(
         )
         labels = labels.to(runtime.device, non_blocking=True)
         batch_weights = weights[index].to(runtime.device, non_blocking=True)
-        loss_total = train_step(model, images, labels, batch_weights, optimizer, scaler, runtime)
+        loss_total = train_step(
+            model, images, labels, batch_weights, optimizer, scaler, runtime, box_loss
+        )
         now = time.perf_counter()
         seconds += now - tick
         tick = now
@@ -414,13 +450,23 @@ def _train_epoch(
     return total_loss / max(total_images, 1), per_rank_seconds, total_images, False
 
 
-def train_step(model, images, labels, weights, optimizer, scaler, runtime: Runtime):
+def train_step(
+    model, images, labels, weights, optimizer, scaler, runtime: Runtime, box_loss: float = 0.0
+):
     """One optimisation step on a loader batch (labels and weights already on the device);
-    returns the batch's summed weighted loss, detached."""
-    batch = runtime.batch(images)  # (augmented outside autocast: full precision)
-    with runtime.autocast():
-        logits = model(batch)[:, 0]
-    loss_total = weighted_bce(logits, labels, weights)
+    returns the batch's summed weighted loss, detached. With ``box_loss`` the squares carry a
+    box-mask channel and the box-guidance loss on the CAMs joins, with that weight."""
+    if box_loss:
+        batch, masks = runtime.batch_with_masks(images)
+        with runtime.autocast():
+            logits, cams = logits_and_cams(model, batch)
+        loss_total = weighted_bce(logits, labels, weights)
+        loss_total = loss_total + box_loss * box_guidance_loss(cams, labels, masks)
+    else:
+        batch = runtime.batch(images)  # (augmented outside autocast: full precision)
+        with runtime.autocast():
+            logits = model(batch)[:, 0]
+        loss_total = weighted_bce(logits, labels, weights)
     optimizer.zero_grad(set_to_none=True)
     # DDP averages gradients over ranks; per-image mean over this rank's batch keeps the
     # global gradient equal to the mean over the global batch (equal shard sizes).

@@ -33,6 +33,28 @@ def sample_weights(
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def box_guidance_loss(
+    cams: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+) -> torch.Tensor:
+    """Sum over the batch of a per-cell loss that puts CAMs on the truth boxes (after Li et
+    al., CVPR 2018, who combine image labels with a few boxes): every cell of a negative image
+    is a negative, every cell a box touches in a positive image is a positive (a cell's CAM
+    value is its logit, times the cell count so the scale matches the image logit). Cells
+    outside the boxes of a positive image, and positive images without boxes, add nothing.
+
+    ``cams`` (N, h, w); ``masks`` (N, 1, S, S) in [0, 1], the boxes after augmentation."""
+    h, w = cams.shape[-2:]
+    cells = F.adaptive_max_pool2d(masks.float(), (h, w))[:, 0] > 0.5
+    cell_logits = cams.float() * (h * w)
+    negatives = (labels < 0.5)[:, None, None].expand_as(cells)
+    positives = cells & ~negatives
+    target = positives.float()
+    chosen = negatives | positives
+    losses = F.binary_cross_entropy_with_logits(cell_logits, target, reduction="none")
+    per_image = (losses * chosen).sum((1, 2)) / chosen.sum((1, 2)).clamp(min=1)
+    return per_image.sum()
+
+
 def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Sum over the batch of weighted BCE (callers divide by the image count)."""
     return F.binary_cross_entropy_with_logits(
