@@ -1,10 +1,13 @@
 """Effect of each data-quality fix on validation study accuracy and kappa (issue 7).
 
-Generates one synthetic set, then trains the demo preset with the same seed without fixes
-and with each fix (invert detected inversions, mask detected markers, keep the largest panel
-of multi-radiograph images), and prints the best-epoch validation figures side by side.
+Generates one synthetic set (or takes a real one, e.g. FracAtlas imported by `murakit import
+fracatlas`), then trains a preset with the same seed without fixes and with each fix (invert
+detected inversions, mask detected markers, keep the largest panel of multi-radiograph
+images), and prints the best-epoch validation figures side by side, with the study AUROC of
+the best epoch's model.
 
     python bench/fix_effect.py [--studies 600] [--epochs 6] [--quick]
+    python bench/fix_effect.py --data data/fa --preset fracture-cpu --epochs 4 --size 192
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from pathlib import Path
 
 from murakit.data.synth import generate
+from murakit.evaluate.evaluation import evaluate_model
 from murakit.train.config import make_config
 from murakit.train.loop import train_run
 
@@ -34,39 +38,51 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="200 studies, 2 epochs")
+    parser.add_argument("--data", type=Path, help="a dataset to use instead of a synthetic one")
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--size", type=int, help="input size (default: the preset's)")
     args = parser.parse_args()
     if args.quick:
         args.studies, args.epochs = 200, 2
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        generate(out / "data", studies=args.studies, seed=args.seed, workers=args.workers)
-        root = out / "data" / "MURA-v1.1"
+        if args.data:
+            root = args.data.resolve()
+        else:
+            generate(out / "data", studies=args.studies, seed=args.seed, workers=args.workers)
+            root = out / "data" / "MURA-v1.1"
         rows = []
         for name, fixes in VARIANTS.items():
             config = make_config(
-                "demo",
+                args.preset,
                 data=str(root),
                 epochs=args.epochs,
+                size=args.size,
                 seed=args.seed,
                 workers=args.workers,
                 **fixes,
             )
             tick = time.perf_counter()
-            result = train_run(config, out / name.replace(" ", "-"), show_progress=False)
+            run = out / name.replace(" ", "-")
+            result = train_run(config, run, show_progress=False)
             best = min(result.history, key=lambda row: row["val_loss"])
-            rows.append((name, best, time.perf_counter() - tick))
-            print(f"{name}: done in {rows[-1][2]:.0f} s", flush=True)
+            metrics = evaluate_model(run, workers=args.workers).metrics["overall"]
+            rows.append((name, best, metrics["auroc"], time.perf_counter() - tick))
+            print(f"{name}: done in {rows[-1][3]:.0f} s", flush=True)
 
+    data = str(args.data) if args.data else f"{args.studies} synthetic studies"
     print(
-        f"\ndemo preset, {args.studies} synthetic studies, {args.epochs} epochs, "
-        f"seed {args.seed}; figures at the epoch of lowest validation loss"
+        f"\n{args.preset} preset, {data}, {args.epochs} epochs, seed {args.seed}; "
+        "figures at the epoch of lowest validation loss"
     )
-    print(f"{'variant':<15}{'val loss':>10}{'study acc':>11}{'kappa':>8}{'image acc':>11}")
-    for name, best, _seconds in rows:
+    print(
+        f"{'variant':<15}{'val loss':>10}{'study acc':>11}{'kappa':>8}{'image acc':>11}{'AUROC':>8}"
+    )
+    for name, best, auc, _seconds in rows:
         print(
             f"{name:<15}{best['val_loss']:>10.4f}{best['val_study_accuracy']:>11.3f}"
-            f"{best['val_study_kappa']:>8.3f}{best['val_image_accuracy']:>11.3f}"
+            f"{best['val_study_kappa']:>8.3f}{best['val_image_accuracy']:>11.3f}{auc:>8.3f}"
         )
 
 
