@@ -710,37 +710,13 @@ def evaluate(
             f"{dataset['classes'][1]}, called at probability >= {result.metrics['threshold']:.3g}",
         )
     )
-    if result.metrics.get("subgroups"):
-        console.print(_subgroup_table(result.metrics["subgroups"]))
+    for name, group in result.metrics.get("subgroups", {}).items():
+        console.print(format_part_table(group, title=f"shortcut check: {name} only"))
     for message in result.skipped:
         console.print(f"[yellow]skipped:[/] {message}", highlight=False)
     console.print(
         f"wrote {result.out_dir}/metrics.json, study_predictions.csv, image_predictions.csv"
     )
-
-
-def _subgroup_table(groups: dict) -> Table:
-    table = Table(title="shortcut check: the same figures by subgroup (study level)")
-    for col in ("subgroup", "studies", "positive", "accuracy", "AUROC [95% CI]", "sens", "spec"):
-        table.add_column(col, justify="left" if col == "subgroup" else "right")
-
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.1f}%"
-
-    for name, g in groups.items():
-        ci = g.get("auroc_ci")
-        auroc = "-" if g["auroc"] is None else f"{g['auroc']:.3f}"
-        auroc += f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-        table.add_row(
-            name,
-            str(g["n"]),
-            str(g["n_positive"]),
-            pct(g["accuracy"]),
-            auroc,
-            pct(g["sensitivity"]),
-            pct(g["specificity"]),
-        )
-    return table
 
 
 @app.command()

@@ -134,14 +134,22 @@ def subgroups(root: Path, records, *, by_markers: bool = False) -> dict[str, np.
 
 
 def subgroup_metrics(records, probs, groups, threshold: float, aggregation: str) -> dict:
-    """Study-level metrics of each subgroup (a study belongs to it through its images)."""
-    from murakit.evaluate.metrics import binary_metrics
-
+    """The metrics.json document (overall and per part) of each subgroup; a study belongs to
+    it through its images."""
     out = {}
     for name, mask in groups.items():
         chosen = [r for r, keep in zip(records, mask, strict=True) if keep]
         if not chosen:
             continue
-        _keys, _parts, labels, study_probs = study_table(chosen, probs[mask], aggregation)
-        out[name] = binary_metrics(labels, study_probs, threshold)
+        keys, parts, labels, study_probs = study_table(chosen, probs[mask], aggregation)
+        out[name] = evaluation_metrics(
+            keys,
+            parts,
+            labels,
+            study_probs,
+            np.array([r.label for r in chosen]),
+            probs[mask],
+            [r.part for r in chosen],
+            threshold=threshold,
+        )
     return out
