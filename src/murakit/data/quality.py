@@ -8,8 +8,12 @@ uint8 grayscale image and returns a flag, a score in [0, 1] (how sure; the flag 
 training and prediction run when asked to; :func:`audit` runs every check over a dataset
 and writes ``audit.csv`` plus a page of thumbnails a person can scan.
 
-The detectors are image statistics, not learned models, so they run at thousands of images
-a minute on a laptop and behave the same on any dataset.
+The detectors are image statistics weighed by small learned models (a logistic regression
+for polarity, boosted trees over marker candidates; about 90 kB of weights shipped in
+``quality_weights.json``, learned by ``bench/train_quality_models.py`` from real FracAtlas
+radiographs, CC BY 4.0, Abedeen et al. 2023, doi:10.1038/s41597-023-02432-4, and synthetic
+images), so they run at thousands of images a minute on one core. Their precision and
+recall on hand-labelled real radiographs: ``python bench/quality_detectors.py --real``.
 """
 
 from __future__ import annotations
@@ -290,6 +294,21 @@ def _ramp(x: float, zero: float, one: float) -> float:
     return float(np.clip((x - zero) / (one - zero), 0.0, 1.0))
 
 
+def _dilate(mask: np.ndarray, size: int) -> np.ndarray:
+    """A boolean mask grown by a square of `size`, computed only around its pixels (masks
+    of candidate strokes are sparse, so this is much cheaper than the whole image)."""
+    out = np.zeros(mask.shape, bool)
+    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if not len(ys):
+        return out
+    r = size // 2 + 1
+    y0, y1 = max(0, ys[0] - r), min(mask.shape[0], ys[-1] + r + 1)
+    x0, x1 = max(0, xs[0] - r), min(mask.shape[1], xs[-1] + r + 1)
+    patch = mask[y0:y1, x0:x1].view(np.uint8)
+    out[y0:y1, x0:x1] = ndimage.maximum_filter(patch, size=size).astype(bool)
+    return out
+
+
 def stroke_map(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mask of thin bright strokes, white top-hat) of an upright image.
 
@@ -306,7 +325,7 @@ def stroke_map(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def field_depth(img: np.ndarray) -> tuple[np.ndarray, int]:
     """Distance (px, on a shrunk grid) from each point to the unexposed surround or the
     image border, and the grid's factor: small where a marker usually sits."""
-    small, factor = _shrink(img)
+    small, factor = _shrink(img, 128)
     exposed = np.pad(small > _dark_level(small), 1)
     return ndimage.distance_transform_edt(exposed)[1:-1, 1:-1] * factor, factor
 
@@ -314,7 +333,7 @@ def field_depth(img: np.ndarray) -> tuple[np.ndarray, int]:
 def _stroke_groups(strokes: np.ndarray, gap: int) -> list[tuple[Box, np.ndarray]]:
     """Connected groups of stroke pixels (letters of one marker within `gap` px merged):
     each group's tight box and its stroke mask inside that box."""
-    grown = ndimage.maximum_filter(strokes, size=2 * gap + 1)
+    grown = _dilate(strokes, 2 * gap + 1)
     labels, _ = ndimage.label(grown, structure=np.ones((3, 3), bool))
     groups = []
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
@@ -329,15 +348,6 @@ def _stroke_groups(strokes: np.ndarray, gap: int) -> list[tuple[Box, np.ndarray]
             (box, inside[y0 - sl[0].start : y1 - sl[0].start, x0 - sl[1].start : x1 - sl[1].start])
         )
     return groups
-
-
-def _elongation(mask: np.ndarray) -> float:
-    """sqrt of the ratio of the principal second moments: 1 for a blob, large for a line,
-    whatever its angle (a box's aspect misses diagonal lines)."""
-    ys, xs = np.nonzero(mask)
-    cov = np.cov(np.stack([xs, ys]).astype(np.float64)) + np.eye(2) * 0.25
-    small, large = np.linalg.eigvalsh(cov)
-    return float(np.sqrt(large / small))
 
 
 def _shape_features(box: Box, mask: np.ndarray, side: int) -> dict[str, float]:
@@ -360,14 +370,6 @@ def _could_be_marker(f: dict[str, float]) -> bool:
         and 0.12 <= f["fill"] <= 0.85
         and f["aspect"] <= 3.0
     )
-
-
-def _major_pieces(mask: np.ndarray) -> float:
-    """Separate strokes holding at least a tenth of the group's pixels (specks of noise
-    near a letter do not count; each screw of a plate does)."""
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    return float((sizes >= 0.1 * sizes.sum()).sum())
 
 
 def _look_features(
@@ -403,11 +405,10 @@ def _look_features(
 
 
 def marker_score(f: dict[str, float]) -> float:
-    """How much a stroke group looks like a lead marker, in [0, 1]: every cue must agree.
-
-    Each soft cue is a ramp whose midpoint is the threshold tuned on the synthetic set
-    (bench/quality_detectors.py).
-    """
+    """How much a stroke group looks like a lead marker, in [0, 1], by hand-set rules:
+    every cue must agree. Each soft cue is a ramp whose midpoint was tuned on the
+    synthetic set; on real images it is one feature of the learned model, not the
+    decision."""
     if not _could_be_marker(f):
         return 0.0
     return min(
@@ -419,8 +420,10 @@ def marker_score(f: dict[str, float]) -> float:
     )
 
 
-def marker_candidates(img: np.ndarray) -> list[tuple[Box, dict[str, float], float]]:
-    """Every plausibly shaped stroke group of an upright image: box, features, score."""
+def stroke_candidates(img: np.ndarray) -> list[tuple[Box, dict[str, float], float]]:
+    """Every plausibly shaped group of thin bright strokes of an upright image (lead
+    letters drawn in strokes): box, features and the hand-set rule's score
+    (:func:`marker_score`), which becomes one feature of the learned model."""
     strokes, tophat = stroke_map(img)
     if not strokes.any():
         return []
@@ -437,17 +440,324 @@ def marker_candidates(img: np.ndarray) -> list[tuple[Box, dict[str, float], floa
     return found
 
 
+MARKER_FEATURES = (
+    "size",
+    "thickness",
+    "aspect",
+    "fill",
+    "pieces",
+    "elongation",
+    "tophat_mean",
+    "tophat_p90",
+    "level_mean",
+    "level_p90",
+    "white_share",
+    "ring_median",
+    "ring_spread",
+    "ring_p90_minus_median",
+    "contrast",
+    "box_spread",
+    "edge_distance",
+    "dark_inside",
+    "gap",
+    "image_median",
+    "stroke_rule",
+)
+"""What :func:`marker_features` measures, in the order the learned weights expect."""
+
+MARKER_LEVELS = (35, 70, 140)
+"""Top-hat levels a candidate's brightest pixels must reach (gray levels above the local
+background): low for thin or dim lettering, high to cut a bright marker free from
+bright anatomy beside it."""
+
+MARKER_GAPS = (1, 3)
+"""Pieces closer than this (on the marker grid) are grouped: letter strokes, a letter and
+its typed label, a whole boxed marker."""
+
+MARKER_GRID = 256
+"""Markers are looked for on a copy whose longer side is at most this (2x smaller than a
+MURA image): letters stay several pixels tall, and it is 4x cheaper."""
+
+
+def marker_tophat(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(grid copy, white top-hat, factor): what stays bright after a grey opening with a
+    square a tenth of the image's side, i.e. bright things smaller than that: letters,
+    boxed markers, screws; not bone, plates or soft tissue, which are wider."""
+    small, factor = _shrink(img, MARKER_GRID)
+    k = max(9, int(0.1 * max(small.shape))) | 1
+    opened = ndimage.maximum_filter(ndimage.minimum_filter(small, size=k), size=k)
+    return small, small - opened, factor
+
+
+def _level_pieces(tophat: np.ndarray, strong: float, side: int) -> np.ndarray:
+    """Pixels at least `strong` above the background, grown by 3 px into pixels half as
+    bright (thin or anti-aliased strokes), in pieces smaller than 15% of the side."""
+    seeds = tophat >= strong
+    mask = seeds | ((tophat >= 0.55 * strong) & _dilate(seeds, 7))
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    keep = np.zeros(n + 1, bool)
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        keep[i] = max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start) <= 0.15 * side
+    return keep[labels]
+
+
+def _groups(mask: np.ndarray, gap: int) -> list[tuple[Box, np.ndarray]]:
+    """Pieces within `gap` px grouped: each group's tight box and its mask in that box."""
+    grown = _dilate(mask, 2 * gap + 1) if gap else mask
+    labels, _ = ndimage.label(grown, structure=np.ones((3, 3), bool))
+    groups = []
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        inside = mask[sl] & (labels[sl] == i)
+        ys, xs = np.nonzero(inside)
+        if len(ys) < 6:
+            continue
+        y0, x0 = ys.min(), xs.min()
+        y1, x1 = ys.max() + 1, xs.max() + 1
+        box = (int(sl[1].start + x0), int(sl[0].start + y0), int(sl[1].start + x1))
+        box = (*box, int(sl[0].start + y1))
+        groups.append((box, inside[y0:y1, x0:x1]))
+    return groups
+
+
+def _split_rows(box: Box, mask: np.ndarray) -> list[tuple[Box, np.ndarray]]:
+    """A group split at its widest band of empty rows into the part above and the part
+    below (a boxed marker above a letter and its label), or nothing when no row is empty."""
+    empty = ~mask.any(axis=1)
+    if not empty[1:-1].any():
+        return []
+    rows = np.flatnonzero(empty)
+    runs = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)
+    at = int(max(runs, key=len).mean())
+    parts = []
+    for part, top in ((mask[:at], 0), (mask[at:], at)):
+        ys, xs = np.nonzero(part)
+        if len(ys) < 6:
+            continue
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        sub = (box[0] + int(x0), box[1] + top + int(y0), box[0] + int(x1), box[1] + top + int(y1))
+        parts.append((sub, part[y0:y1, x0:x1]))
+    return parts
+
+
+def _elongation(mask: np.ndarray) -> float:
+    """sqrt of the ratio of the principal second moments: 1 for a blob, large for a line,
+    whatever its angle (a box's aspect misses diagonal lines)."""
+    ys, xs = np.nonzero(mask)
+    cov = np.cov(np.stack([xs, ys]).astype(np.float64)) + np.eye(2) * 0.25
+    small, large = np.linalg.eigvalsh(cov)
+    return float(np.sqrt(large / small))
+
+
+def _major_pieces(mask: np.ndarray) -> float:
+    """Separate pieces holding at least a tenth of the group's pixels (specks of noise
+    near a letter do not count; each screw of a plate does)."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    return float((sizes >= 0.1 * sizes.sum()).sum())
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """The q-quantile (0..1) of a 1-d array by partial sort (cheaper than np.percentile)."""
+    k = min(len(values) - 1, int(q * len(values)))
+    return float(np.partition(values, k)[k])
+
+
+def marker_features(
+    small: np.ndarray, tophat: np.ndarray, box: Box, mask: np.ndarray, gap: int, median: float
+) -> dict[str, float]:
+    """Shape (size, thickness, aspect, fill, pieces, elongation), brightness (top-hat and
+    level of the candidate's pixels, share near white, dark holes inside: a letter cut
+    out of a white box), surroundings (level and spread of a ring around it), and where
+    it sits, all on the marker grid and relative to its side."""
+    h, w = small.shape
+    side = max(h, w)
+    x0, y0, x1, y1 = box
+    bw, bh = x1 - x0, y1 - y0
+    values = small[y0:y1, x0:x1][mask]
+    lifted = tophat[y0:y1, x0:x1][mask]
+    pad = max(3, max(bw, bh) // 3)
+    ya, yb, xa, xb = max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad)
+    ring = np.ones((yb - ya, xb - xa), bool)
+    ring[y0 - ya : y1 - ya, x0 - xa : x1 - xa] = False
+    around = small[ya:yb, xa:xb][ring]
+    ring_median = _quantile(around, 0.5) if around.size else 0.0
+    ring_p90 = _quantile(around, 0.9) if around.size else 0.0
+    inside = small[y0:y1, x0:x1]
+    level_p90 = _quantile(values, 0.9)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return {
+        "size": max(bw, bh) / side,
+        "thickness": min(bw, bh) / side,
+        "aspect": max(bw, bh) / max(1, min(bw, bh)),
+        "fill": float(mask.mean()),
+        "pieces": _major_pieces(mask),
+        "elongation": _elongation(mask),
+        "tophat_mean": float(lifted.mean()),
+        "tophat_p90": _quantile(lifted, 0.9),
+        "level_mean": float(values.mean()),
+        "level_p90": level_p90,
+        "white_share": float(np.mean(values >= 200)),
+        "ring_median": ring_median,
+        "ring_spread": float(around.std()) if around.size else 0.0,
+        "ring_p90_minus_median": ring_p90 - ring_median,
+        "contrast": level_p90 - ring_median,
+        "box_spread": float(inside.std()),
+        "edge_distance": min(cx, cy, w - cx, h - cy) / side,
+        "dark_inside": float(np.mean(inside < _quantile(values, 0.5) - 60)),
+        "gap": gap / side,
+        "image_median": median,
+    }
+
+
+def raw_marker_candidates(img: np.ndarray) -> tuple[list, int]:
+    """Every plausibly sized bright group on the marker grid, at each level and gap, once,
+    plus the stroke groups of the hand-set rule: ([(grid box, features)], factor). Each
+    candidate's ``stroke_rule`` feature is the best rule score of a stroke group
+    overlapping it (IoU >= 0.3)."""
+    small, tophat, factor = marker_tophat(img)
+    side = max(small.shape)
+    median = float(np.median(small))
+    strokes = [(box, score) for box, _, score in stroke_candidates(img) if score > 0]
+    seen: list[Box] = []
+    found = []
+
+    def add(box: Box, mask: np.ndarray, gap: int) -> None:
+        full = tuple(v * factor for v in box)
+        rule = max((sc for b, sc in strokes if _box_iou(full, b) >= 0.3), default=0.0)
+        features = marker_features(small, tophat, box, mask, gap, median)
+        features["stroke_rule"] = rule
+        seen.append(box)
+        found.append((box, features))
+
+    for strong in MARKER_LEVELS:
+        if not (tophat >= strong).any():
+            continue
+        pieces = _level_pieces(tophat, strong, side)
+        for gap in MARKER_GAPS:
+            groups = _groups(pieces, gap)
+            if gap > 1:
+                groups += [part for group in groups for part in _split_rows(*group)]
+            for box, mask in groups:
+                longest = max(box[2] - box[0], box[3] - box[1])
+                if not 0.012 * side <= longest <= 0.2 * side:
+                    continue
+                if any(_box_iou(box, other) >= 0.8 for other in seen):
+                    continue  # the same thing found at another level or gap
+                add(box, mask, gap)
+    for (x0, y0, x1, y1), _ in strokes:
+        box = (x0 // factor, y0 // factor, max(x0 // factor + 1, -(-x1 // factor)))
+        box = (*box, max(y0 // factor + 1, -(-y1 // factor)))
+        if any(_box_iou(box, other) >= 0.8 for other in seen):
+            continue
+        patch = tophat[box[1] : box[3], box[0] : box[2]]
+        mask = patch >= max(10.0, 0.5 * float(patch.max()))
+        if mask.sum() >= 3:
+            add(box, mask, 0)
+    return found, factor
+
+
+_FORESTS: dict[int, tuple[np.ndarray, ...]] = {}
+
+
+def _forest(model: dict) -> tuple[np.ndarray, ...]:
+    """A tree ensemble as (trees x nodes) arrays, padded to equal length (cached per model
+    object: the shipped weights are loaded once)."""
+    if id(model) in _FORESTS:
+        return _FORESTS[id(model)]
+    trees = model["trees"]
+    width = max(len(t["feature"]) for t in trees)
+
+    def stack(key: str, fill: float, dtype) -> np.ndarray:
+        out = np.full((len(trees), width), fill, dtype)
+        for i, t in enumerate(trees):
+            out[i, : len(t[key])] = t[key]
+        return out
+
+    arrays = (
+        np.maximum(stack("feature", 0, np.intp), 0),
+        stack("threshold", 0.0, np.float64),
+        stack("left", -1, np.intp),
+        stack("right", -1, np.intp),
+        stack("value", 0.0, np.float64),
+    )
+    if model is learned_weights().get("marker"):
+        _FORESTS[id(model)] = arrays
+    return arrays
+
+
+def _tree_scores(model: dict, x: np.ndarray) -> np.ndarray:
+    """Probabilities from an exported gradient-boosted tree ensemble: every tree and row
+    at once, one step down per iteration."""
+    x = x.astype(np.float32).astype(np.float64)  # the trees split float32 features
+    feature, threshold, left, right, value = _forest(model)
+    trees = np.arange(len(feature))[:, None]
+    rows = np.arange(len(x))[None, :]
+    node = np.zeros((len(feature), len(x)), np.intp)
+    for _ in range(64):
+        nxt_left = left[trees, node]
+        leaf = nxt_left < 0
+        if leaf.all():
+            break
+        go_left = x[rows, feature[trees, node]] <= threshold[trees, node]
+        node = np.where(leaf, node, np.where(go_left, nxt_left, right[trees, node]))
+    raw = model["init"] + model["rate"] * value[trees, node].sum(axis=0)
+    return 1.0 / (1.0 + np.exp(-np.clip(raw, -30, 30)))
+
+
+def marker_candidates(img: np.ndarray) -> list[tuple[Box, dict[str, float], float]]:
+    """Every candidate of an upright image: box (image pixels), features, score (the
+    learned model's probability that it is a marker)."""
+    found, factor = raw_marker_candidates(img)
+    if not found:
+        return []
+    model = learned_weights()["marker"]
+    x = np.array([[f[name] for name in model["features"]] for _, f in found], np.float64)
+    scores = _tree_scores(model, x)
+    h, w = img.shape
+    out = []
+    for (box, features), score in zip(found, scores, strict=True):
+        x0, y0, x1, y1 = (v * factor for v in box)
+        out.append(((x0, y0, min(w, x1), min(h, y1)), features, float(score)))
+    return out
+
+
+def _box_iou(a: Box, b: Box) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def _nested(a: Box, b: Box) -> bool:
+    inside = a[0] >= b[0] and a[1] >= b[1] and a[2] <= b[2] and a[3] <= b[3]
+    return inside or (b[0] >= a[0] and b[1] >= a[1] and b[2] <= a[2] and b[3] <= a[3])
+
+
 def detect_markers(img: np.ndarray, *, inverted: bool | None = None) -> Markers:
-    """Find burnt-in letter markers: thin white strokes forming a compact word, on a
-    darker background, near the field's edge.
+    """Find burnt-in markers (lead letters, typed labels, boxed markers): small, compact,
+    bright groups on their background, scored by a learned model
+    (:func:`marker_candidates`); overlapping or nested candidates keep the best one.
 
     `inverted` says whether `img` is a negative (None: detect it), since a negative's
     markers are black.
     """
     candidates = marker_candidates(_upright(img, inverted))
-    boxes = tuple(box for box, _, score in candidates if score >= 0.5)
-    best = max((score for _, _, score in candidates), default=0.0)
-    return Markers(bool(boxes), round(best, 4), boxes)
+    model = learned_weights()["marker"]
+    kept: list[Box] = []
+    best = 0.0
+    for box, features, score in sorted(candidates, key=lambda c: -c[2]):
+        cut = model["rule_threshold"] if features["stroke_rule"] >= 0.5 else model["threshold"]
+        # the model's probability, mapped so that this candidate's cut lands at 0.5
+        shown = 0.5 * score / cut if score < cut else 0.5 + 0.5 * (score - cut) / (1 - cut)
+        best = max(best, shown)
+        if score < cut:
+            continue
+        if all(_box_iou(box, other) <= 0.2 and not _nested(box, other) for other in kept):
+            kept.append(box)
+    return Markers(bool(kept), round(best, 4), tuple(kept))
 
 
 def mask_markers(img: np.ndarray, boxes: Iterable[Box]) -> np.ndarray:
