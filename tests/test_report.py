@@ -391,7 +391,9 @@ def test_part_table_matches_metrics_json(full_ensemble):
         assert row["studies"] == fmt_int(group["n_studies"])
         assert row["study accuracy"] == fmt_pct(group["study_accuracy"])
         assert row["κ [95% CI]"] == fmt_kappa(group)
-        assert row["AUROC"] == fmt_num(group["auroc"])
+        ci = group["auroc_ci"]
+        ci_text = f" [{fmt_num(ci[0])}, {fmt_num(ci[1])}]" if ci else ""
+        assert row["AUROC"] == fmt_num(group["auroc"]) + ci_text
         assert row["sensitivity"] == fmt_pct(group["sensitivity"])
         assert row["specificity"] == fmt_pct(group["specificity"])
         assert row["images"] == fmt_int(group["n_images"])
