@@ -311,7 +311,7 @@ PresetOpt = Annotated[
     str,
     typer.Option(
         help="Recipe: reference (the report), mura-paper (Rajpurkar 2017), demo (synthetic data "
-        "on a CPU), fracture-cpu (fractures on imported FracAtlas, ~15 min on 2 CPU cores)."
+        "on a CPU), fracture-cpu (fractures on imported FracAtlas, 2 CPU cores)."
     ),
 ]
 # The recipe flags `train` and `ensemble train` share (None = keep the preset's value).
