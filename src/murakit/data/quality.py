@@ -465,12 +465,12 @@ MARKER_FEATURES = (
 )
 """What :func:`marker_features` measures, in the order the learned weights expect."""
 
-MARKER_LEVELS = (35, 70, 140)
+MARKER_LEVELS = (35, 110)
 """Top-hat levels a candidate's brightest pixels must reach (gray levels above the local
 background): low for thin or dim lettering, high to cut a bright marker free from
 bright anatomy beside it."""
 
-MARKER_GAPS = (1, 3)
+MARKER_GAPS = (2,)
 """Pieces closer than this (on the marker grid) are grouped: letter strokes, a letter and
 its typed label, a whole boxed marker."""
 
@@ -613,19 +613,23 @@ def marker_features(
 
 def raw_marker_candidates(img: np.ndarray) -> tuple[list, int]:
     """Every plausibly sized bright group on the marker grid, at each level and gap, once,
-    plus the stroke groups of the hand-set rule: ([(grid box, features)], factor). Each
-    candidate's ``stroke_rule`` feature is the best rule score of a stroke group
-    overlapping it (IoU >= 0.3)."""
+    plus the stroke groups of the hand-set rule (found on the full image, where letter
+    strokes are a few pixels wide): ([(grid box, features)], factor). Each candidate's
+    ``stroke_rule`` feature is the best rule score of a stroke group overlapping it
+    (IoU >= 0.3)."""
     small, tophat, factor = marker_tophat(img)
     side = max(small.shape)
     median = float(np.median(small))
-    strokes = [(box, score) for box, _, score in stroke_candidates(img) if score > 0]
+    strokes = []
+    for (x0, y0, x1, y1), _, score in stroke_candidates(img):
+        if score > 0:  # full-image box onto the grid
+            box = (x0 // factor, y0 // factor, max(x0 // factor + 1, -(-x1 // factor)))
+            strokes.append(((*box, max(y0 // factor + 1, -(-y1 // factor))), score))
     seen: list[Box] = []
     found = []
 
     def add(box: Box, mask: np.ndarray, gap: int) -> None:
-        full = tuple(v * factor for v in box)
-        rule = max((sc for b, sc in strokes if _box_iou(full, b) >= 0.3), default=0.0)
+        rule = max((sc for b, sc in strokes if _box_iou(box, b) >= 0.3), default=0.0)
         features = marker_features(small, tophat, box, mask, gap, median)
         features["stroke_rule"] = rule
         seen.append(box)
@@ -637,18 +641,17 @@ def raw_marker_candidates(img: np.ndarray) -> tuple[list, int]:
         pieces = _level_pieces(tophat, strong, side)
         for gap in MARKER_GAPS:
             groups = _groups(pieces, gap)
-            if gap > 1:
+            if gap > 1:  # also split at empty rows
                 groups += [part for group in groups for part in _split_rows(*group)]
             for box, mask in groups:
                 longest = max(box[2] - box[0], box[3] - box[1])
-                if not 0.012 * side <= longest <= 0.2 * side:
-                    continue
+                shortest = min(box[2] - box[0], box[3] - box[1])
+                if not 0.012 * side <= longest <= 0.2 * side or longest > 6 * shortest:
+                    continue  # too small, too big, or a line (a plate's edge, a wire)
                 if any(_box_iou(box, other) >= 0.8 for other in seen):
                     continue  # the same thing found at another level or gap
                 add(box, mask, gap)
-    for (x0, y0, x1, y1), _ in strokes:
-        box = (x0 // factor, y0 // factor, max(x0 // factor + 1, -(-x1 // factor)))
-        box = (*box, max(y0 // factor + 1, -(-y1 // factor)))
+    for box, _ in strokes:
         if any(_box_iou(box, other) >= 0.8 for other in seen):
             continue
         patch = tophat[box[1] : box[3], box[0] : box[2]]
@@ -682,7 +685,7 @@ def _forest(model: dict) -> tuple[np.ndarray, ...]:
         stack("right", -1, np.intp),
         stack("value", 0.0, np.float64),
     )
-    if model is learned_weights().get("marker"):
+    if any(model is m for m in learned_weights().values()):
         _FORESTS[id(model)] = arrays
     return arrays
 
@@ -814,19 +817,133 @@ def _gap_along(exposed: np.ndarray) -> tuple[float, int]:
     return min(_ramp(sides, 0.3, 0.6), _ramp(floor, 0.12, 0.04), _ramp(share, 0.04, 0.1)), at
 
 
-def detect_panels(img: np.ndarray, *, inverted: bool | None = None) -> Panels:
-    """Find two radiographs in one image: a dark band splitting two exposed fields."""
-    small, factor = _shrink(_upright(img, inverted))
-    small = ndimage.uniform_filter(small, 3)  # film noise would speckle the gap
-    exposed = small > _dark_level(small)
-    score_x, at_x = _gap_along(exposed)
-    score_y, at_y = _gap_along(exposed.T)
-    if score_x >= score_y:
-        score, split = score_x, Split("x", at_x * factor + factor // 2)
+PANEL_FEATURES = tuple(
+    f"{axis}_{name}"
+    for axis in ("x", "y")
+    for name in (
+        "gap",
+        "step_line",
+        "ridge_line",
+        "valley_line",
+        "side_texture",
+        "balance",
+        "level_step",
+    )
+)
+"""What :func:`panel_features` measures, in the order the learned weights expect."""
+
+_SLOPES = np.tan(np.deg2rad((-8.0, 0.0, 8.0)))
+
+
+def _line_cover(mask: np.ndarray) -> tuple[float, int, float]:
+    """The near-vertical straight line (0 or 8 degrees off, 1 px of wobble) that runs
+    through the most rows of `mask` inside the middle 70% of the width: (share of rows,
+    column at mid-height, slope)."""
+    h, w = mask.shape
+    rows = np.arange(h)[:, None]
+    offsets = np.arange(h) - h / 2
+    lo, hi = int(0.15 * w), int(0.85 * w)
+    best = (0.0, w // 2, 0.0)
+    if hi - lo < 3:
+        return best
+    for slope in _SLOPES:
+        cols = np.arange(w)[None, :] + np.rint(offsets * slope).astype(np.intp)[:, None]
+        hit = np.where((cols >= 0) & (cols < w), mask[rows, np.clip(cols, 0, w - 1)], False)
+        cover = (hit[:, :-2] | hit[:, 1:-1] | hit[:, 2:]).mean(axis=0)  # 1 px of wobble
+        k = lo + int(np.argmax(cover[lo - 1 : hi - 1]))
+        if cover[k - 1] > best[0]:
+            best = (float(cover[k - 1]), k, float(slope))
+    return best
+
+
+def _axis_panel_features(small: np.ndarray, gap: float) -> tuple[dict, int]:
+    """Features of the best vertical boundary of a grid image (values in [0, 1]): the
+    dark-gap score, how far straight step, bright-strip and dark-strip lines run, texture
+    on both sides of the best line (anatomy on both sides, not a shutter with nothing
+    beyond it) and the step in background level across it; then the line's column at
+    mid-height. `gap` is the dark-gap score, measured on a finer grid."""
+    h, w = small.shape
+    along = ndimage.uniform_filter1d(small, 5, axis=0)  # smooth along the line
+    step = (np.roll(along, -2, axis=1) - np.roll(along, 2, axis=1)) / 4
+    side = np.maximum(np.roll(along, -3, axis=1), np.roll(along, 3, axis=1))
+    under = np.minimum(np.roll(along, -3, axis=1), np.roll(along, 3, axis=1))
+    maps = {
+        "step_line": np.abs(step) > 0.03,
+        "ridge_line": along - side > 0.05,
+        "valley_line": under - along > 0.05,
+    }
+    features = {"gap": gap}
+    best = (0.0, w // 2, 0.0)
+    for name, mask in maps.items():
+        mask[:, :3] = mask[:, -3:] = False
+        found = _line_cover(mask)
+        features[name] = found[0]
+        best = max(best, found)
+    _, x, slope = best
+    grad = np.hypot(*np.gradient(ndimage.uniform_filter(small, 2)))
+    line = x + (np.arange(h) - h / 2) * slope
+    cols = np.arange(w)[None, :]
+    band = max(2, w // 25)
+    left, right = cols < line[:, None] - band, cols > line[:, None] + band
+    tl = _quantile(grad[left], 0.9) if left.sum() > 20 else 0.0
+    tr = _quantile(grad[right], 0.9) if right.sum() > 20 else 0.0
+    features["side_texture"] = min(tl, tr)
+    features["balance"] = min(tl, tr) / (max(tl, tr) + 1e-9)
+    level = np.percentile(small, 20, axis=0)
+    k = int(np.clip(x, band + 1, w - band - 2))
+    features["level_step"] = abs(
+        float(np.median(level[max(0, k - 4 * band) : k - 1]))
+        - float(np.median(level[k + 1 : k + 4 * band]))
+    )
+    return features, int(x)
+
+
+def panel_features(img: np.ndarray) -> tuple[dict[str, float], dict[str, int]]:
+    """:func:`_axis_panel_features` for vertical (x) and horizontal (y) boundaries of an
+    upright image, and where each axis would be cut (image pixels): in the dark gap when
+    there is one, else on the straight boundary."""
+    fine, fine_factor = _shrink(img, PANEL_GRID)
+    small, factor = _shrink(img, 96)
+    if min(small.shape) < 12:
+        return dict.fromkeys(PANEL_FEATURES, 0.0), {"x": img.shape[1] // 2, "y": img.shape[0] // 2}
+    fine = ndimage.uniform_filter(fine, 3)  # film noise would speckle the gap
+    exposed = fine > _dark_level(fine)
+    gap_x, at_x = _gap_along(exposed)
+    gap_y, at_y = _gap_along(exposed.T)
+    unit = ndimage.uniform_filter(small, 3) / 255.0
+    fx, line_x = _axis_panel_features(unit, gap_x)
+    fy, line_y = _axis_panel_features(unit.T, gap_y)
+    features = {f"x_{k}": v for k, v in fx.items()} | {f"y_{k}": v for k, v in fy.items()}
+    if max(gap_x, gap_y) >= 0.1:
+        cuts = {
+            "x": at_x * fine_factor + fine_factor // 2,
+            "y": at_y * fine_factor + fine_factor // 2,
+        }
     else:
-        score, split = score_y, Split("y", at_y * factor + factor // 2)
+        cuts = {"x": line_x * factor + factor // 2, "y": line_y * factor + factor // 2}
+    return features, cuts
+
+
+def detect_panels(img: np.ndarray, *, inverted: bool | None = None) -> Panels:
+    """Find several radiographs (separate exposures) in one image: boosted trees over
+    :func:`panel_features` (a dark gap between films, a straight boundary running the
+    whole height with anatomy on both sides, a step in background level), learned from
+    real FracAtlas tuning images and synthetic images. The cut goes where the gap is."""
+    upright = _upright(img, inverted)
+    features, cuts = panel_features(upright)
+    model = learned_weights()["panels"]
+    x = np.array([[features[name] for name in model["features"]]], np.float64)
+    prob = float(_tree_scores(model, x)[0])
+    gap = max(features["x_gap"], features["y_gap"]) >= 0.5  # films apart: a dark band
+    cut = model["gap_threshold"] if gap else model["threshold"]
+    score = 0.5 * prob / cut if prob < cut else 0.5 + 0.5 * (prob - cut) / (1 - cut)
     flag = score >= 0.5
-    return Panels(flag, round(score, 4), split if flag else None)
+    if not flag:
+        return Panels(False, round(score, 4), None)
+    axis = "x" if features["x_gap"] >= features["y_gap"] else "y"
+    if max(features["x_gap"], features["y_gap"]) < 0.1:  # no gap: the straight boundary
+        axis = "x" if features["x_step_line"] >= features["y_step_line"] else "y"
+    return Panels(True, round(score, 4), Split(axis, int(cuts[axis])))
 
 
 def split_panels(img: np.ndarray, split: Split | None) -> list[np.ndarray]:
