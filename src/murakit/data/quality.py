@@ -295,17 +295,22 @@ def _ramp(x: float, zero: float, one: float) -> float:
 
 
 def _dilate(mask: np.ndarray, size: int) -> np.ndarray:
-    """A boolean mask grown by a square of `size`, computed only around its pixels (masks
-    of candidate strokes are sparse, so this is much cheaper than the whole image)."""
-    out = np.zeros(mask.shape, bool)
-    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    if not len(ys):
-        return out
-    r = size // 2 + 1
-    y0, y1 = max(0, ys[0] - r), min(mask.shape[0], ys[-1] + r + 1)
-    x0, x1 = max(0, xs[0] - r), min(mask.shape[1], xs[-1] + r + 1)
-    patch = mask[y0:y1, x0:x1].view(np.uint8)
-    out[y0:y1, x0:x1] = ndimage.maximum_filter(patch, size=size).astype(bool)
+    """A boolean mask grown by a square of `size` (a max filter)."""
+    return _square_filter(mask.view(np.uint8), size, np.maximum).view(bool)
+
+
+def _square_filter(img: np.ndarray, size: int, op: np.ufunc) -> np.ndarray:
+    """A small square min or max filter (scipy's 'reflect' border) by shifted views: for
+    a 5 px square on uint8 this is several times faster than ndimage's filters."""
+    r = size // 2
+    padded = np.pad(img, r, mode="symmetric")
+    h, w = img.shape
+    rows = padded[0:h, :].copy()
+    for dy in range(1, size):
+        op(rows, padded[dy : dy + h, :], out=rows)
+    out = rows[:, 0:w].copy()
+    for dx in range(1, size):
+        op(out, rows[:, dx : dx + w], out=out)
     return out
 
 
@@ -316,8 +321,7 @@ def stroke_map(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     stays bright is narrower than that square. Letter strokes (2-4 px at 512 px) stay;
     bone, casts and plates, all wider, vanish, which is what keeps metal out.
     """
-    k = STROKE_WIDTH
-    opened = ndimage.maximum_filter(ndimage.minimum_filter(img, size=k), size=k)
+    opened = _square_filter(_square_filter(img, STROKE_WIDTH, np.minimum), STROKE_WIDTH, np.maximum)
     tophat = img.astype(np.int16) - opened
     return tophat >= STROKE_CONTRAST, tophat
 
@@ -388,7 +392,7 @@ def _look_features(
     x0, y0, x1, y1 = box
     pad = max(3, max(x1 - x0, y1 - y0) // 2)
     ya, yb, xa, xb = max(0, y0 - pad), min(h, y1 + pad), max(0, x0 - pad), min(w, x1 + pad)
-    near = ndimage.maximum_filter(strokes[ya:yb, xa:xb], size=5)
+    near = _dilate(strokes[ya:yb, xa:xb], 5)
     around = img[ya:yb, xa:xb][~near]
     values = img[y0:y1, x0:x1][mask]
     grid, factor = depth
