@@ -14,7 +14,6 @@ the images of one patient, nor images with identical pixels.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 import shutil
@@ -28,6 +27,7 @@ from PIL import Image
 
 from murakit.data.imageio import BadImageError, read_grayscale_salvaged
 from murakit.data.index import DATASET_FILE, TRUTH_FILE, DatasetError
+from murakit.data.quality import pixel_hash
 from murakit.fsutil import atomic_open, atomic_write_json, atomic_write_text
 
 Progress = Callable[[int], None]
@@ -406,7 +406,7 @@ def write_dataset(
             )
             if dropped and image.truth.get("finding_box"):
                 image.truth["finding_box"] = _clip_boxes(image.truth["finding_box"], len(pixels))
-        hashes.append(hashlib.sha1(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest())
+        hashes.append(pixel_hash(pixels))
         kept.append(image)
         if progress:
             progress(1)
