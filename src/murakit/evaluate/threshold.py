@@ -34,8 +34,9 @@ DEFAULT_THRESHOLD = 0.5
 def split_threshold_slice(
     records: Sequence[ImageRecord], fraction: float
 ) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """(training records, slice records): ``fraction`` of each label's studies, whole studies
-    and whole patients, picked by a hash of the patient key so every member gets the same."""
+    """(training records, slice records): ``fraction`` of each label's patients (at least one:
+    the rule needs a positive), whole patients, picked by a hash of the patient key so every
+    member gets the same."""
     if fraction <= 0:
         return list(records), []
     if fraction >= 1:
@@ -47,7 +48,7 @@ def split_threshold_slice(
     chosen: set[str] = set()
     for label in (0, 1):
         patients = sorted({rank(r) for r in records if r.label == label})
-        chosen.update(patients[: round(fraction * len(patients))])
+        chosen.update(patients[: max(1, round(fraction * len(patients)))])
     train = [r for r in records if rank(r) not in chosen]
     held = [r for r in records if rank(r) in chosen]
     return train, held
