@@ -225,6 +225,7 @@ def test_fracatlas_parts_through_train_evaluate_and_report(fracatlas_data, tmp_p
     assert report.exit_code == 0, report.output
     page = (run / "report.html").read_text()
     assert "XR_LEG" in page and "fracture" in page and "reference report" not in page
+    assert "Abedeen" in page and "CC BY 4.0" in page  # the images' credit travels to figures
 
     predicted = CliRunner().invoke(
         app, ["predict", "--model", str(run), str(next(fracatlas_data.rglob("*.jpg")))]

@@ -36,6 +36,10 @@ FRACATLAS_PARTS = {"hand": "XR_HAND", "leg": "XR_LEG", "hip": "XR_HIP", "shoulde
 FRACATLAS_FLAGS = ("hardware", "multiscan", "frontal", "lateral", "oblique")
 FRACATLAS_CLASSES = ("no fracture", "fracture")
 FRACATLAS_COCO = Path("Annotations") / "COCO JSON" / "COCO_fracture_masks.json"
+FRACATLAS_CITATION = (
+    "FracAtlas: Abedeen, I., Rahman, M.A., Prottyasha, F.Z. et al., Scientific Data 10, 521 "
+    "(2023), doi:10.1038/s41597-023-02432-4; CC BY 4.0"
+)
 FRACATLAS_CREDIT = """\
 # FracAtlas: real musculoskeletal radiographs, CC BY 4.0
 
@@ -166,6 +170,7 @@ def import_fracatlas(
         "name": "FracAtlas",
         "classes": list(FRACATLAS_CLASSES),
         "licence": "CC BY 4.0",
+        "credit": FRACATLAS_CITATION,
         "source": str(Path(src).resolve()),
     }
     return write_dataset(

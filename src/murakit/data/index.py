@@ -47,6 +47,7 @@ class DatasetInfo:
     parts: tuple[str, ...] = BODY_PARTS
     licence: str = "MURA research use agreement (Stanford ML Group)"
     is_mura: bool = True
+    credit: str = "MURA: Rajpurkar et al., arXiv:1712.06957 (2017), Stanford ML Group"
 
     @classmethod
     def read(cls, root: Path) -> DatasetInfo:
@@ -67,10 +68,12 @@ class DatasetInfo:
             parts,
             str(doc.get("licence", "")),
             is_mura=False,
+            credit=str(doc.get("credit", "")),
         )
 
     def to_json(self) -> dict:
         return {
+            "credit": self.credit,
             "name": self.name,
             "classes": list(self.classes),
             "parts": list(self.parts),

@@ -497,7 +497,9 @@ def _dataset_section(
     body = (
         f'<p class="note">{esc(index.info.name)}, from <code>{esc(index.root)}</code>: '
         f"{esc(negative)} / {esc(positive)} counts per body part; a study's label is shared by "
-        f"all its images. Licence: {esc(index.info.licence or 'not stated')}.</p>"
+        f"all its images. Licence: {esc(index.info.licence or 'not stated')}."
+        + (f" Images: {esc(index.info.credit)}." if index.info.credit else "")
+        + "</p>"
         f"{dataset_table(stats, index.info.classes)}"
     )
     if index.skipped:
