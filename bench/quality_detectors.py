@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from murakit.data.index import load_index
-from murakit.data.quality import ImageCheck, Split, run_checks
+from murakit.data.quality import ImageCheck, Split, box_iou, run_checks
 from murakit.data.synth import generate
 
 TARGETS = {"inverted": 0.95, "marker": 0.9, "multi_panel": 0.9}
@@ -59,14 +59,6 @@ def parse_split(text: str) -> Split | None:
     return Split("x", int(float(text)))
 
 
-def iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
-
-
 def precision_recall(pairs: list[tuple[bool, bool]]) -> tuple[float, float, int, int, int]:
     """(precision, recall, true positives, false positives, false negatives)."""
     tp = sum(p and t for p, t in pairs)
@@ -92,7 +84,7 @@ def evaluate(checks: list[ImageCheck], truth: dict[str, dict[str, str]]) -> dict
     for c, t in rows:
         for box in parse_boxes(t.get("marker_box", "")):
             total += 1
-            hits += any(iou(box, b) >= IOU_HIT for b in c.markers.boxes)
+            hits += any(box_iou(box, b) >= IOU_HIT for b in c.markers.boxes)
     results["marker_iou_hits"] = (hits, total)
 
     close = found = 0

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from murakit.data.imageio import read_grayscale
-from murakit.data.quality import check_image, detect_inverted
+from murakit.data.quality import box_iou, check_image, detect_inverted
 
 LABELS = Path(__file__).resolve().parent / "real_labels" / "fracatlas_labels.csv"
 FRACATLAS = Path(__file__).resolve().parents[2] / "shared" / "FracAtlas"
@@ -85,18 +85,10 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def iou(a: Box, b: Box) -> float:
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
-
-
 def match_boxes(truth: list[Box], predicted: list[Box], threshold: float = MARKER_IOU):
     """Greedy one-to-one matching by IoU: (matched truth count, unmatched predictions)."""
     pairs = sorted(
-        ((iou(t, p), i, j) for i, t in enumerate(truth) for j, p in enumerate(predicted)),
+        ((box_iou(t, p), i, j) for i, t in enumerate(truth) for j, p in enumerate(predicted)),
         reverse=True,
     )
     used_t, used_p = set(), set()

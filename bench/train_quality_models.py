@@ -92,7 +92,7 @@ def marker_rows(name: str, img: np.ndarray, truth: list) -> tuple[list, list, li
     for box, features in found:
         full = tuple(v * factor for v in box)
         rows.append([features[f] for f in q.MARKER_FEATURES])
-        labels.append(any(quality_real.iou(full, t) >= TRAIN_IOU for t in truth))
+        labels.append(any(q.box_iou(full, t) >= TRAIN_IOU for t in truth))
         boxes.append(full)
     return rows, labels, boxes
 
@@ -124,7 +124,7 @@ def kept_boxes(scored: list[tuple[float, float, tuple]]) -> list:
     for score, cut, box in sorted(scored, key=lambda c: -c[0]):
         if score < cut:
             continue
-        if all(q._box_iou(box, o) <= 0.2 and not q._nested(box, o) for o in kept):
+        if all(q.box_iou(box, o) <= 0.2 and not q._nested(box, o) for o in kept):
             kept.append(box)
     return kept
 

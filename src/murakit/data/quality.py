@@ -633,7 +633,7 @@ def raw_marker_candidates(img: np.ndarray) -> tuple[list, int]:
     found = []
 
     def add(box: Box, mask: np.ndarray, gap: int) -> None:
-        rule = max((sc for b, sc in strokes if _box_iou(box, b) >= 0.3), default=0.0)
+        rule = max((sc for b, sc in strokes if box_iou(box, b) >= 0.3), default=0.0)
         features = marker_features(small, tophat, box, mask, gap, median)
         features["stroke_rule"] = rule
         seen.append(box)
@@ -652,11 +652,11 @@ def raw_marker_candidates(img: np.ndarray) -> tuple[list, int]:
                 shortest = min(box[2] - box[0], box[3] - box[1])
                 if not 0.012 * side <= longest <= 0.2 * side or longest > 6 * shortest:
                     continue  # too small, too big, or a line (a plate's edge, a wire)
-                if any(_box_iou(box, other) >= 0.8 for other in seen):
+                if any(box_iou(box, other) >= 0.8 for other in seen):
                     continue  # the same thing found at another level or gap
                 add(box, mask, gap)
     for box, _ in strokes:
-        if any(_box_iou(box, other) >= 0.8 for other in seen):
+        if any(box_iou(box, other) >= 0.8 for other in seen):
             continue
         patch = tophat[box[1] : box[3], box[0] : box[2]]
         mask = patch >= max(10.0, 0.5 * float(patch.max()))
@@ -730,7 +730,8 @@ def marker_candidates(img: np.ndarray) -> list[tuple[Box, dict[str, float], floa
     return out
 
 
-def _box_iou(a: Box, b: Box) -> float:
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes (0 when both are empty)."""
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
@@ -762,7 +763,7 @@ def detect_markers(img: np.ndarray, *, inverted: bool | None = None) -> Markers:
         best = max(best, shown)
         if score < cut:
             continue
-        if all(_box_iou(box, other) <= 0.2 and not _nested(box, other) for other in kept):
+        if all(box_iou(box, other) <= 0.2 and not _nested(box, other) for other in kept):
             kept.append(box)
     return Markers(bool(kept), round(best, 4), tuple(kept))
 
