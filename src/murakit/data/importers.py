@@ -26,8 +26,9 @@ import numpy as np
 from PIL import Image
 
 from murakit.data.imageio import BadImageError, read_grayscale_salvaged
-from murakit.data.index import DATASET_FILE, TRUTH_FILE, DatasetError
+from murakit.data.index import DATASET_FILE, DatasetError
 from murakit.data.quality import pixel_hash
+from murakit.data.truth import TRUTH_FILE
 from murakit.fsutil import atomic_open, atomic_write_json, atomic_write_text
 
 Progress = Callable[[int], None]

@@ -28,7 +28,6 @@ BODY_PARTS = (
 )
 SPLITS = ("train", "valid")
 DATASET_FILE = "dataset.json"  # written by `murakit import`: name, classes, parts, licence
-TRUTH_FILE = "truth.csv"  # per-image ground truth beside the labels (e.g. fracture boxes)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".bmp", ".tif", ".tiff")
 
 _STUDY_DIR = re.compile(r"^study(\d+)(?:_(positive|negative))?$")

@@ -12,7 +12,8 @@ import csv
 from pathlib import Path
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in original pixels
-TRUTH_FILES = ("truth.csv", "synth_truth.csv")  # murakit import's, murakit synth's
+TRUTH_FILE = "truth.csv"  # written by murakit import
+TRUTH_FILES = (TRUTH_FILE, "synth_truth.csv")  # murakit import's, murakit synth's
 
 
 def truth_file(data: Path) -> Path:

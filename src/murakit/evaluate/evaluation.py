@@ -114,8 +114,7 @@ def evaluate_model(
 def subgroups(root: Path, records, *, by_markers: bool = False) -> dict[str, np.ndarray]:
     """Boolean masks over ``records``: ``hardware`` / ``no hardware`` from the truth.csv of an
     imported dataset, ``marker`` / ``no marker`` from the marker detector when asked."""
-    from murakit.data.index import TRUTH_FILE
-    from murakit.data.truth import read_truth
+    from murakit.data.truth import TRUTH_FILE, read_truth
 
     groups: dict[str, np.ndarray] = {}
     truth = Path(root) / TRUTH_FILE
