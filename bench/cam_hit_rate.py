@@ -23,13 +23,14 @@ import time
 from pathlib import Path
 
 from murakit.data.truth import TRUTH_FILES, parse_boxes
-from murakit.evaluate.ensemble import load_models, run_is_finished
 from murakit.explain.cam import overlay, save_overlay
 from murakit.explain.localization import localization_scores
+from murakit.infer.model import load_models
+from murakit.train.ensemble import run_is_finished
 
 
 def train_model(data: Path, run: Path, args: argparse.Namespace) -> Path:
-    from murakit.train.config import make_config
+    from murakit.config import make_config
     from murakit.train.loop import train_run
 
     if run_is_finished(run):
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     data = args.data or args.out / "synth"
     if not any((data / name).exists() for name in TRUTH_FILES):
-        from murakit.data.synth import generate, parse_findings
+        from murakit.synth.generator import generate, parse_findings
 
         print(f"generating {args.studies} studies (difficulty {args.difficulty}) in {data}")
         generate(

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from murakit.data.synth import generate
-from murakit.evaluate.evaluation import evaluate_model
-from murakit.train.config import make_config
+from murakit.config import make_config
+from murakit.evaluation import evaluate_model
+from murakit.synth.generator import generate
 from murakit.train.loop import train_run
 
 VARIANTS = {

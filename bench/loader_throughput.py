@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="murakit-bench-") as tmp:
         root = args.data
         if root is None:
-            from murakit.data.synth import generate
+            from murakit.synth.generator import generate
 
             tick = time.perf_counter()
             generate(Path(tmp), studies=args.studies, seed=0, workers=os.cpu_count() or 1)

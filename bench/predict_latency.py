@@ -34,9 +34,9 @@ def make_run(folder: Path, arch: str, size: int) -> Path:
     """A run folder holding an untrained network: what load_models needs (best.pt)."""
     import torch
 
+    from murakit.config import TrainConfig
     from murakit.fsutil import atomic_torch_save
     from murakit.model.densenet import build_model
-    from murakit.train.config import TrainConfig
 
     torch.manual_seed(0)
     config = TrainConfig(arch=arch, weights="none", size=size, preset="bench")
@@ -114,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import httpx
 
-    from murakit.evaluate.ensemble import load_models
-    from murakit.export import export_onnx
+    from murakit.infer.model import load_models
+    from murakit.infer.onnx import export_onnx
+    from murakit.infer.runtime import make_runtime
     from murakit.predict import collect_studies, predict_studies
     from murakit.serve.app import create_app, running_server
-    from murakit.train.device import make_runtime
 
     with tempfile.TemporaryDirectory(prefix="murakit-latency-") as tmp:
         tmp = Path(tmp)

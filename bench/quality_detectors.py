@@ -28,7 +28,7 @@ from pathlib import Path
 
 from murakit.data.index import load_index
 from murakit.data.quality import ImageCheck, Split, box_iou, run_checks
-from murakit.data.synth import generate
+from murakit.synth.generator import generate
 
 TARGETS = {"inverted": 0.95, "marker": 0.9, "multi_panel": 0.9}
 IOU_HIT = 0.5

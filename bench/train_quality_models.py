@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality_real  # noqa: E402
 from murakit.data import quality as q  # noqa: E402
 from murakit.data.imageio import read_grayscale  # noqa: E402
-from murakit.data.synth import generate  # noqa: E402
+from murakit.synth.generator import generate  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "murakit" / "data" / q.WEIGHTS_FILE
 ATTRIBUTION = (

@@ -64,7 +64,7 @@ def run_phase(args: argparse.Namespace) -> dict:
 
         described = f"{device} (fp32, NCHW, malloc untouched)"
     else:
-        from murakit.train.device import make_runtime
+        from murakit.infer.runtime import make_runtime
         from murakit.train.loop import train_step
 
         runtime = make_runtime(str(device), mixed_precision=True, channels_last=True)

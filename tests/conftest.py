@@ -87,7 +87,7 @@ def fracatlas_data(fracatlas_release, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
     """A small synthetic dataset (OUT folder holding MURA-v1.1/ and synth_truth.csv)."""
-    from murakit.data.synth import generate
+    from murakit.synth.generator import generate
 
     out = tmp_path_factory.mktemp("synth")
     generate(out, studies=80, seed=3, difficulty=0.3, workers=2)
@@ -103,7 +103,7 @@ def synth_root(synth_data) -> Path:
 def trained_run(synth_root, tmp_path_factory) -> Path:
     """A densenet-mini run trained briefly on `synth_root` (shared by evaluation, CAM,
     prediction and serving tests, which need a real checkpoint, not a good one)."""
-    from murakit.train.config import make_config
+    from murakit.config import make_config
     from murakit.train.loop import train_run
 
     out = tmp_path_factory.mktemp("runs") / "mini"

@@ -72,7 +72,7 @@ def test_ensemble_cam_is_the_mean_of_members(minis):
 
 def test_probability_is_taken_at_the_training_size(trained_run, synth_root):
     from murakit.data.imageio import read_grayscale
-    from murakit.evaluate.ensemble import load_models
+    from murakit.infer.model import load_models
 
     loaded = load_models(trained_run)
     path = next((synth_root / "valid").rglob("image1.png"))

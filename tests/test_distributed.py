@@ -122,12 +122,12 @@ def test_ddp_loss_trajectory_follows_single_process(runs):
 
 def test_ddp_validation_equals_single_process_validation_of_the_saved_model(runs, synth_root):
     """Every valid image scored once: the gathered metrics equal one process's."""
+    from murakit.config import TrainConfig
     from murakit.data.dataset import RadiographDataset, RecordLoader
+    from murakit.infer.runtime import make_runtime
     from murakit.model.densenet import build_model
     from murakit.progress import progress_bar
     from murakit.train import distributed
-    from murakit.train.config import TrainConfig
-    from murakit.train.device import make_runtime
     from murakit.train.loop import _eval_transform, _load_records, _validate
     from murakit.train.loss import sample_weights
 

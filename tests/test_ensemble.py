@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from murakit.cli import app
-from murakit.train.config import TrainConfig
+from murakit.config import TrainConfig
 from murakit.train.history import read_history
 
 

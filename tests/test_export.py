@@ -1,4 +1,4 @@
-"""murakit.export: one ONNX graph for the ensemble that ONNX Runtime runs to PyTorch's numbers.
+"""murakit.infer.onnx: one ONNX graph for the ensemble that ONNX Runtime runs to PyTorch's numbers.
 
 Measured on the test model (densenet-mini, 96 px, fp32): max |ORT - torch| ~ 1e-7 on
 probabilities; the tests allow 1e-5.
@@ -18,10 +18,10 @@ pytest.importorskip("onnxscript")
 from murakit.data.imageio import read_grayscale  # noqa: E402
 from murakit.data.index import load_index  # noqa: E402
 from murakit.data.transforms import EvalTransform  # noqa: E402
-from murakit.evaluate.ensemble import load_models  # noqa: E402
-from murakit.export import EnsembleProbability, export_onnx  # noqa: E402
+from murakit.infer.model import load_models  # noqa: E402
+from murakit.infer.onnx import EnsembleProbability, export_onnx  # noqa: E402
+from murakit.infer.runtime import make_runtime  # noqa: E402
 from murakit.predict import collect_studies, onnx_session, predict_studies  # noqa: E402
-from murakit.train.device import make_runtime  # noqa: E402
 
 TOL = 1e-5
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from murakit.data.synth import generate
-from murakit.evaluate.ensemble import LoadedModels
+from murakit.config import make_config
 from murakit.explain.localization import (
     finding_rows,
     localization_scores,
     point_in_box,
     score_map,
 )
+from murakit.infer.model import LoadedModels
 from murakit.model.densenet import build_model
-from murakit.train.config import make_config
+from murakit.synth.generator import generate
 
 
 def _blob(h: int, w: int, x: float, y: float, spread: float = 6.0) -> np.ndarray:
@@ -101,7 +101,7 @@ def test_trained_cams_point_into_the_synthetic_findings(tmp_path):
     the same maps mirrored (a left-right error) do neither. (At the demo's lr 1e-3 the maps
     drift about a cell off the findings: README, "What the synthetic demo does and does not
     show".)"""
-    from murakit.evaluate.ensemble import load_models
+    from murakit.infer.model import load_models
     from murakit.train.loop import train_run
 
     data = tmp_path / "synth"

@@ -16,8 +16,9 @@ from PIL import Image
 
 from bad_files import write_dicom
 from murakit.data.index import load_index
-from murakit.evaluate.ensemble import load_models
-from murakit.evaluate.predict import ensemble_probabilities
+from murakit.infer.batched import ensemble_probabilities
+from murakit.infer.model import load_models
+from murakit.infer.runtime import make_runtime
 from murakit.predict import (
     PredictInputError,
     collect_studies,
@@ -25,7 +26,6 @@ from murakit.predict import (
     predict_studies,
     write_predictions,
 )
-from murakit.train.device import make_runtime
 
 TOL = 1e-6  # same images through the same loop; only batch composition differs
 

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from murakit.data import quality as q
 from murakit.data.index import load_index
-from murakit.data.synth import generate
+from murakit.synth.generator import generate
 
 # --------------------------------------------------------------------- synthetic set
 

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from murakit.config import make_config
 from murakit.data.index import BODY_PARTS, ImageRecord
 from murakit.evaluate.metrics import evaluation_metrics
 from murakit.evaluate.outputs import (
@@ -39,7 +40,6 @@ from murakit.report.html import (
     part_table,
 )
 from murakit.report.plots import plot_loss_curve
-from murakit.train.config import make_config
 
 METRIC_COLUMNS = (
     "epoch",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from murakit.data import synth
+from murakit.synth import generator as synth
 
 STUDIES = 60
 SEED = 7

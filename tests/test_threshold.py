@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from murakit.data.index import load_index
-from murakit.evaluate.ensemble import load_models, select_members, write_ensemble
 from murakit.evaluate.threshold import (
     SLICE_PREDICTIONS,
     THRESHOLD_FILE,
     choose_threshold,
     split_threshold_slice,
 )
+from murakit.infer.model import load_models
+from murakit.train.ensemble import select_members, write_ensemble
 
 
 def test_rule_is_the_highest_threshold_reaching_the_sensitivity():

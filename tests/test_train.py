@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from murakit.config import TrainConfig, make_config
 from murakit.data.dataset import EpochSampler
 from murakit.data.index import load_index
-from murakit.train.config import TrainConfig, make_config
 from murakit.train.loop import METRIC_COLUMNS, RunDirError, prepare_run_dir, train_run
 from murakit.train.loss import sample_weights
 

@@ -130,7 +130,7 @@ def synth(
     ] = "all",
 ) -> None:
     """Generate a synthetic dataset in MURA's exact format, with a ground-truth sidecar."""
-    from murakit.data.synth import generate, parse_findings
+    from murakit.synth.generator import generate, parse_findings
 
     try:
         kinds = parse_findings(findings)
@@ -390,7 +390,7 @@ SkipBadOpt = Annotated[
 
 def _train_options(preset: str, **overrides):
     """A TrainConfig from a preset plus the flags the user gave (None = keep the preset's)."""
-    from murakit.train.config import make_config
+    from murakit.config import make_config
 
     try:
         return make_config(preset, **overrides)
@@ -542,7 +542,7 @@ def ensemble_train(
     threshold_sensitivity: ThresholdSensitivityOpt = None,
 ) -> None:
     """Train N members (resumable: finished members are kept), then keep the K best."""
-    from murakit.evaluate.ensemble import train_ensemble
+    from murakit.train.ensemble import train_ensemble
 
     config = _train_options(
         preset,
@@ -592,7 +592,8 @@ def ensemble_select(
     keep: Annotated[int, typer.Option(help="Members kept (lowest validation loss).")] = 4,
 ) -> None:
     """Make an ensemble from existing runs: keep the K with the lowest validation loss."""
-    from murakit.evaluate.ensemble import ModelDirError, select_members, write_ensemble
+    from murakit.infer.model import ModelDirError
+    from murakit.train.ensemble import select_members, write_ensemble
 
     try:
         members = select_members(runs, keep)
@@ -669,13 +670,13 @@ def evaluate(
 
     On an imported dataset whose truth.csv flags orthopaedic hardware (FracAtlas), the figures
     are also given with and without hardware: a model can score by finding plates."""
-    from murakit.evaluate.ensemble import ModelDirError
-    from murakit.evaluate.evaluation import evaluate_model
     from murakit.evaluate.outputs import (
         REFERENCE_STUDY_ACCURACY,
         format_part_table,
         looks_like_mura_valid,
     )
+    from murakit.evaluation import evaluate_model
+    from murakit.infer.model import ModelDirError
 
     with progress_bar(console=err_console) as bar:
         task = bar.add_task("predicting", total=None, status="")
@@ -750,8 +751,8 @@ def cam(
     With --gallery on a dataset whose truth.csv has boxes (FracAtlas's fractures), the boxes
     are drawn in green on the overlays."""
     from murakit.data.truth import truth_boxes
-    from murakit.evaluate.ensemble import ModelDirError, load_models
     from murakit.explain.cam import cam_paths
+    from murakit.infer.model import ModelDirError, load_models
 
     out = out or model / "cams"
     boxes = None
@@ -903,14 +904,14 @@ def predict(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
     """P(abnormal) per image and per study for new studies (PNG, JPEG, DICOM)."""
-    from murakit.evaluate.ensemble import ModelDirError, load_models
+    from murakit.infer.model import ModelDirError, load_models
+    from murakit.infer.runtime import make_runtime
     from murakit.predict import (
         PredictInputError,
         collect_studies,
         predict_studies,
         write_predictions,
     )
-    from murakit.train.device import make_runtime
 
     if fmt not in ("json", "csv"):
         fail(f"--format must be json or csv, not {fmt!r}")
@@ -958,8 +959,8 @@ def export(
 ) -> None:
     """The run or ensemble as one ONNX graph (members averaged), preprocessing documented in
     a JSON file beside it."""
-    from murakit.evaluate.ensemble import ModelDirError, load_models
-    from murakit.export import export_onnx
+    from murakit.infer.model import ModelDirError, load_models
+    from murakit.infer.onnx import export_onnx
 
     out = out or model / "model.onnx"
     try:
@@ -983,7 +984,7 @@ def serve(
     cam_size: Annotated[int, typer.Option(help="Input size for the heat maps.")] = 512,
 ) -> None:
     """A web page and JSON API: drop the images of a study, get its probability and heat maps."""
-    from murakit.evaluate.ensemble import ModelDirError
+    from murakit.infer.model import ModelDirError
     from murakit.serve.app import run
 
     console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")

@@ -8,7 +8,7 @@ the number `murakit evaluate` would give it. Unreadable files are reported by pa
 rest are still predicted: one bad file must not cost a clinic the other ten.
 
 Two backends compute the same probabilities: PyTorch (the checkpoints) and ONNX Runtime (the
-graph written by :mod:`murakit.export`, for machines that should not carry torch).
+graph written by :mod:`murakit.infer.onnx`, for machines that should not carry torch).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from murakit.data.dataset import apply_config_fixes
 from murakit.data.imageio import MAX_PIXELS, BadImageError, read_grayscale
 from murakit.data.index import IMAGE_SUFFIXES, DatasetInfo, ImageRecord
 from murakit.evaluate.aggregate import AGGREGATIONS, study_probabilities
-from murakit.evaluate.ensemble import LoadedModels
-from murakit.train.device import Runtime
+from murakit.infer.model import LoadedModels
+from murakit.infer.runtime import Runtime
 
 BACKENDS = ("torch", "onnx")
 CLASSES = DatasetInfo.classes
@@ -240,7 +240,7 @@ def image_probabilities(
 ) -> np.ndarray:
     """P(abnormal) per already-read image (output of :func:`read_image`), mean over members.
 
-    The torch backend runs :func:`~murakit.evaluate.predict.ensemble_probabilities` itself, so a
+    The torch backend runs :func:`~murakit.infer.batched.ensemble_probabilities` itself, so a
     prediction is by construction what evaluation gives for the same picture.
     """
     if backend not in BACKENDS:
@@ -249,7 +249,7 @@ def image_probabilities(
         return np.empty(0, dtype=np.float64)
     if backend == "onnx":
         return onnx_probabilities(onnx_file(loaded, onnx_path), images, batch_size=batch_size)
-    from murakit.evaluate.predict import ensemble_probabilities
+    from murakit.infer.batched import ensemble_probabilities
 
     records = [_memory_record(i) for i in range(len(images))]
     return ensemble_probabilities(

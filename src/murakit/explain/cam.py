@@ -101,7 +101,7 @@ def compute_cam(
 ) -> CamResult:
     """The ensemble CAM of a grayscale uint8 (H, W) image, input resized to ``size``.
 
-    ``models`` is a list of networks or a :class:`~murakit.evaluate.ensemble.LoadedModels`
+    ``models`` is a list of networks or a :class:`~murakit.train.ensemble.LoadedModels`
     (whose ``config.size`` then is the default ``predict_size``). Each member's map has the same
     resolution (same input size), so they are averaged cell by cell.
     """
@@ -304,7 +304,7 @@ def cam_paths(
     others are still processed. ``progress(1)`` is called after each image.
     """
     from murakit.data.dataset import apply_config_fixes
-    from murakit.evaluate.ensemble import load_models
+    from murakit.infer.model import load_models
 
     loaded = model_dir if hasattr(model_dir, "models") else load_models(Path(model_dir))
     out_dir = Path(out_dir)

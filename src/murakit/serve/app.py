@@ -36,9 +36,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from murakit.data.dataset import apply_config_fixes
 from murakit.data.imageio import BadImageError, read_grayscale_bytes
-from murakit.evaluate.ensemble import LoadedModels, load_models
+from murakit.infer.model import LoadedModels, load_models
+from murakit.infer.runtime import Runtime, make_runtime
 from murakit.predict import cam_overlay, image_probabilities, label_of
-from murakit.train.device import Runtime, make_runtime
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_FILES = 11  # MURA's largest study
@@ -174,7 +174,7 @@ def create_app(
 
     `max_files`, `max_bytes` (per file) and `max_pixels` (per image, checked from the header)
     bound what one request may cost. `backend` "onnx" runs the exported graph (see
-    :mod:`murakit.export`); CAM overlays always use the torch models.
+    :mod:`murakit.infer.onnx`); CAM overlays always use the torch models.
     """
     loaded = loaded or load_models(Path(model_dir))
     runtime = make_runtime(device)

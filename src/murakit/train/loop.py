@@ -21,18 +21,18 @@ import torch
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+from murakit.config import TrainConfig
 from murakit.data.dataset import EpochSampler, RadiographDataset
 from murakit.data.index import DatasetInfo, ImageRecord
 from murakit.evaluate.aggregate import study_table
-from murakit.evaluate.inference import infer_logits, make_eval_loader, sigmoid
 from murakit.evaluate.metrics import study_accuracy_kappa
 from murakit.evaluate.threshold import slice_threshold, split_threshold_slice, write_slice
 from murakit.fsutil import atomic_torch_save, atomic_write_text
+from murakit.infer.batched import infer_logits, make_eval_loader, sigmoid
+from murakit.infer.runtime import Runtime, make_runtime
 from murakit.model.densenet import build_model, logits_and_cams, unwrap
 from murakit.progress import progress_bar
 from murakit.train import distributed
-from murakit.train.config import TrainConfig
-from murakit.train.device import Runtime, make_runtime
 from murakit.train.loss import box_guidance_loss, sample_weights, weighted_bce
 
 METRIC_COLUMNS = (

@@ -1,15 +1,24 @@
-"""Run a network over a dataset in evaluation mode: the one inference loop that validation,
-`evaluate`, `predict`, the web app and benchmarks all share."""
+"""Run networks over a dataset in evaluation mode: the one inference loop that validation,
+`evaluate`, `predict`, the web app and benchmarks all share; an ensemble's probability is the
+mean over members of each member's sigmoid output (the reference averages over models, then
+over a study's images)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from murakit.train.device import Runtime
+from murakit.data.dataset import RadiographDataset, RecordLoader
+from murakit.data.index import ImageRecord
+from murakit.data.transforms import EvalTransform
+from murakit.infer.runtime import Runtime
+
+if TYPE_CHECKING:
+    from murakit.infer.model import LoadedModels
 
 
 def make_eval_loader(
@@ -62,3 +71,27 @@ def infer_logits(
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
+def ensemble_probabilities(
+    loaded: LoadedModels,
+    records: Sequence[ImageRecord],
+    runtime: Runtime,
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    tta_flip: bool = False,
+    load: Callable[[ImageRecord], np.ndarray] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """P(abnormal) per record: the mean over members of each member's probability. Images
+    get the quality fixes the model was trained with."""
+    load = load or RecordLoader(loaded.config)
+    dataset = RadiographDataset(records, EvalTransform(loaded.config.size), load=load)
+    total = np.zeros(len(records), dtype=np.float64)
+    for model in loaded.models:
+        model = runtime.prepare_model(model)
+        loader = make_eval_loader(dataset, batch_size, workers, runtime)
+        logits, index = infer_logits(model, loader, runtime, tta_flip=tta_flip, on_batch=on_batch)
+        total[index] += sigmoid(logits)
+    return total / len(loaded.models)

@@ -2,7 +2,7 @@
 
 The graph takes a float32 batch (N, 3, S, S), already preprocessed, and returns N
 probabilities: the mean over members of each member's sigmoid output, exactly what
-:func:`murakit.evaluate.predict.ensemble_probabilities` computes. Preprocessing stays outside
+:func:`murakit.infer.batched.ensemble_probabilities` computes. Preprocessing stays outside
 the graph (decoding PNG/DICOM is no job for ONNX) and is written out step by step in
 ``model.onnx.json`` beside it, so another language can reproduce it without reading our code.
 
@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from murakit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from murakit.evaluate.ensemble import LoadedModels
 from murakit.fsutil import atomic_write_json
+from murakit.infer.model import LoadedModels
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18

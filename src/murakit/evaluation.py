@@ -11,15 +11,15 @@ import numpy as np
 
 from murakit.data.index import load_index
 from murakit.evaluate.aggregate import study_table
-from murakit.evaluate.ensemble import load_models
 from murakit.evaluate.metrics import evaluation_metrics
 from murakit.evaluate.outputs import (
     write_image_predictions,
     write_metrics_json,
     write_study_predictions,
 )
-from murakit.evaluate.predict import ensemble_probabilities
-from murakit.train.device import make_runtime
+from murakit.infer.batched import ensemble_probabilities
+from murakit.infer.model import load_models
+from murakit.infer.runtime import make_runtime
 
 
 @dataclass

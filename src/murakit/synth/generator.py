@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from murakit.data import synth_anatomy as anat
 from murakit.fsutil import atomic_write_text
+from murakit.synth import anatomy as anat
 
 PARTS = ("XR_ELBOW", "XR_FINGER", "XR_FOREARM", "XR_HAND", "XR_HUMERUS", "XR_SHOULDER", "XR_WRIST")
 CSV_ORDER = (

@@ -1,0 +1,1 @@
+"""Inference: the runtime, the Preprocessor, batched inference, study collection and the Model."""

@@ -1,0 +1,1 @@
+"""The synthetic radiograph generator: MURA-layout datasets with known labels and problems."""
