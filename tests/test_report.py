@@ -39,7 +39,7 @@ from murakit.report.html import (
     looks_like_mura_valid,
     part_table,
 )
-from murakit.report.plots import plot_loss_curve
+from murakit.evaluate.plots import plot_loss_curve
 
 METRIC_COLUMNS = (
     "epoch",

@@ -563,7 +563,7 @@ def _loss_curve_uri(member: Member) -> str | None:
     uri = image_uri(member.run_dir / "loss_curve.png")
     if uri is not None or not member.history:
         return uri
-    from murakit.report.plots import plot_loss_curve
+    from murakit.evaluate.plots import plot_loss_curve
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "loss_curve.png"

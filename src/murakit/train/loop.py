@@ -571,7 +571,7 @@ def _write_history(out: Path, history: list[dict]) -> None:
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     atomic_write_text(out / "metrics.csv", buffer.getvalue())
-    from murakit.report.plots import plot_loss_curve
+    from murakit.evaluate.plots import plot_loss_curve
 
     plot_loss_curve(history, out / "loss_curve.png", title=out.name)
 
