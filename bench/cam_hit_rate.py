@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from murakit.data.truth import TRUTH_FILES, parse_boxes
-from murakit.explain.cam import overlay, save_overlay
 from murakit.explain.localization import localization_scores
-from murakit.infer.model import load_models
+from murakit.infer.cam import save_overlay
+from murakit.infer.model import Model
 from murakit.train.ensemble import run_is_finished
 
 
@@ -50,19 +50,17 @@ def train_model(data: Path, run: Path, args: argparse.Namespace) -> Path:
     return run
 
 
-def overlay_writer(folder: Path, count: int, positive: str):
+def overlay_writer(folder: Path, count: int):
     """An ``on_image`` callback that saves the first ``count`` overlays, the boxes in green."""
     seen = [0]
 
-    def write(row, image, heat, result, scores) -> None:
+    def write(row, cam, scores) -> None:
         if seen[0] >= count:
             return
         seen[0] += 1
         verdict = "hit" if scores["hit"] else "miss"
         boxes = parse_boxes(row["finding_box"])
-        picture = overlay(
-            image, heat, result.probability, f"{row['finding']} {verdict}", positive, boxes
-        )
+        picture = cam.overlay(f"{row['finding']} {verdict}", boxes)
         save_overlay(folder / (row["image"].split("/", 2)[-1].replace("/", "_")), picture)
 
     return write
@@ -134,12 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
             findings=parse_findings(args.findings),
         )
     model = args.model or train_model(data, args.out / "run", args)
-    loaded = load_models(model)
+    loaded = Model.load(model)
     result = localization_scores(
         loaded,
         data,
         args.cam_size,
-        on_image=overlay_writer(args.out / "overlays", args.overlays, loaded.classes[1]),
+        on_image=overlay_writer(args.out / "overlays", args.overlays),
     )
     result.update(
         model=str(model),

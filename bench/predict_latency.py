@@ -31,7 +31,7 @@ from PIL import Image
 
 
 def make_run(folder: Path, arch: str, size: int) -> Path:
-    """A run folder holding an untrained network: what load_models needs (best.pt)."""
+    """A run folder holding an untrained network: what Model.load needs (best.pt)."""
     import torch
 
     from murakit.config import TrainConfig
@@ -112,23 +112,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.reps, args.warmup, args.cam_reps = 5, 1, 2
 
+    from dataclasses import replace
+
     import httpx
 
-    from murakit.infer.model import load_models
-    from murakit.infer.onnx import export_onnx
+    from murakit.infer.model import Model
     from murakit.infer.runtime import make_runtime
-    from murakit.predict import collect_studies, predict_studies
+    from murakit.infer.studies import collect_studies
     from murakit.serve.app import create_app, running_server
 
     with tempfile.TemporaryDirectory(prefix="murakit-latency-") as tmp:
         tmp = Path(tmp)
         model_dir = args.model or make_run(tmp, args.arch, args.size)
-        loaded = load_models(model_dir)
+        loaded = Model.load(model_dir, device="cpu")
         studies = collect_studies(make_study(tmp / "study1", args.images))
         auto = make_runtime("cpu")
         fp32 = make_runtime("cpu", mixed_precision=False)
+        as_fp32 = replace(loaded, runtime=fp32)
         start = time.perf_counter()
-        onnx_path = export_onnx(loaded, tmp / "model.onnx")
+        onnx_path = loaded.export_onnx(tmp / "model.onnx")
         export_s = time.perf_counter() - start
 
         files = [p.read_bytes() for p in studies[0].paths]
@@ -140,21 +142,19 @@ def main(argv: list[str] | None = None) -> int:
             response = client.post("/api/predict", files=parts, data={"cam": cam})
             response.raise_for_status()
 
-        app = create_app(model_dir, device="cpu", loaded=loaded)
+        app = create_app(model_dir, device="cpu", model=loaded)
         with running_server(app) as url, httpx.Client(base_url=url, timeout=600) as client:
             paths = {
                 f"predict_studies torch ({auto.describe()})": (
-                    lambda: predict_studies(loaded, studies, auto),
+                    lambda: loaded.predict_studies(studies),
                     args.reps,
                 ),
                 f"predict_studies torch ({fp32.describe()})": (
-                    lambda: predict_studies(loaded, studies, fp32),
+                    lambda: as_fp32.predict_studies(studies),
                     args.reps,
                 ),
                 "predict_studies onnxruntime (fp32)": (
-                    lambda: predict_studies(
-                        loaded, studies, fp32, backend="onnx", onnx_path=onnx_path
-                    ),
+                    lambda: loaded.predict_studies(studies, backend="onnx", onnx_path=onnx_path),
                     args.reps,
                 ),
                 "HTTP /api/predict, no CAM (torch, auto runtime)": (

@@ -12,16 +12,16 @@ import torch
 from PIL import Image
 
 from murakit.data.transforms import EvalTransform, original_box_in_square
-from murakit.explain.cam import (
+from murakit.explain.cam import cam_paths
+from murakit.infer.cam import (
     cam_on_original,
-    cam_paths,
     cam_peak,
     class_activation_map,
     compute_cam,
-    expand_inputs,
     overlay,
     save_overlay,
 )
+from murakit.infer.preprocess import Preprocessor
 from murakit.model.densenet import build_model
 
 
@@ -29,6 +29,9 @@ from murakit.model.densenet import build_model
 def minis() -> list[torch.nn.Module]:
     torch.manual_seed(0)
     return [build_model("densenet-mini").eval() for _ in range(2)]
+
+
+PLAIN = Preprocessor(512)  # no fixes: the CAM sees the image as given
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -51,7 +54,7 @@ def test_cam_mean_is_the_logit(minis, size):
 
 def test_cam_at_512_is_16x16_and_exact(minis):
     image = _image(300, 200)
-    result = compute_cam(minis[:1], image, size=512)
+    result = compute_cam(minis[:1], PLAIN, image, size=512)
     assert result.cam.shape == (16, 16) and result.cam.dtype == np.float32
     with torch.inference_mode():
         logit = float(minis[0](EvalTransform(512)(image)[None])[0, 0])
@@ -62,8 +65,8 @@ def test_cam_at_512_is_16x16_and_exact(minis):
 
 def test_ensemble_cam_is_the_mean_of_members(minis):
     image = _image(120, 180, seed=1)
-    both = compute_cam(minis, image, size=128)
-    one = [compute_cam([m], image, size=128) for m in minis]
+    both = compute_cam(minis, PLAIN, image, size=128)
+    one = [compute_cam([m], PLAIN, image, size=128) for m in minis]
     np.testing.assert_allclose(both.cam, (one[0].cam + one[1].cam) / 2, atol=1e-6)
     assert both.logit == pytest.approx((one[0].logit + one[1].logit) / 2, abs=1e-6)
     assert both.probability == pytest.approx((one[0].probability + one[1].probability) / 2)
@@ -72,12 +75,14 @@ def test_ensemble_cam_is_the_mean_of_members(minis):
 
 def test_probability_is_taken_at_the_training_size(trained_run, synth_root):
     from murakit.data.imageio import read_grayscale
-    from murakit.infer.model import load_models
+    from murakit.infer.model import Model
 
-    loaded = load_models(trained_run)
+    loaded = Model.load(trained_run)
     path = next((synth_root / "valid").rglob("image1.png"))
     image = read_grayscale(path)
-    result = compute_cam(loaded, image)  # map at 512, probability at config.size (96)
+    cam = loaded.cam(path)  # map at 512, probability at config.size (96)
+    result = cam.result
+    np.testing.assert_array_equal(cam.image, image)  # the demo model has no fixes
     assert result.size == 512 and result.predict_size == loaded.config.size == 96
     with torch.inference_mode():
         logit = float(loaded.models[0](EvalTransform(96)(image)[None])[0, 0])
@@ -140,7 +145,9 @@ def test_compute_cam_points_where_the_image_changed(minis, shape, corner):
     x0, y0 = corner
     image = np.zeros(shape, np.uint8)
     image[y0 : y0 + 24, x0 : x0 + 24] = 250
-    change = compute_cam(minis, image).cam - compute_cam(minis, np.zeros_like(image)).cam
+    change = (
+        compute_cam(minis, PLAIN, image).cam - compute_cam(minis, PLAIN, np.zeros_like(image)).cam
+    )
     x, y = cam_peak(cam_on_original(np.abs(change), shape, 512))
     cell = 32 * max(shape) / 512  # one CAM cell, in original pixels
     assert np.hypot(x - (x0 + 12), y - (y0 + 12)) <= 2 * cell
@@ -196,17 +203,6 @@ def test_cam_paths_on_a_study_folder(trained_run, synth_root, tmp_path):
     assert [t["image"] for t in table] == [r["image"] for r in rows]
 
 
-def test_expand_inputs_orders_naturally_and_skips_hidden(tmp_path):
-    folder = tmp_path / "study1"
-    folder.mkdir()
-    for name in ("image10.png", "image2.png", "._image2.png", "image1.png", "a.txt"):
-        (folder / name).write_bytes(b"")
-    loose = tmp_path / "x.png"
-    pairs = expand_inputs([folder, loose, folder / "image1.png"])
-    assert [p.name for p, _ in pairs] == ["image1.png", "image2.png", "image10.png", "x.png"]
-    assert [s for _, s in pairs] == ["study1"] * 3 + [""]
-
-
 # ------------------------------------------------------------------------------ augmentation
 
 
@@ -256,7 +252,9 @@ def test_trained_cam_finds_a_bright_disc():
     hits, chance = [], []
     for _ in range(40):
         image, (bx0, by0, bx1, by1) = _toy(rng, True)
-        x, y = cam_peak(cam_on_original(compute_cam([model], image, 128).cam, image.shape, 128))
+        x, y = cam_peak(
+            cam_on_original(compute_cam([model], PLAIN, image, 128).cam, image.shape, 128)
+        )
         hits.append(bx0 - 1 <= x <= bx1 and by0 - 1 <= y <= by1)
         chance.append((bx1 - bx0) * (by1 - by0) / image.size)
     assert np.mean(hits) > 4 * np.mean(chance)

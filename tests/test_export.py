@@ -18,23 +18,22 @@ pytest.importorskip("onnxscript")
 from murakit.data.imageio import read_grayscale  # noqa: E402
 from murakit.data.index import load_index  # noqa: E402
 from murakit.data.transforms import EvalTransform  # noqa: E402
-from murakit.infer.model import load_models  # noqa: E402
-from murakit.infer.onnx import EnsembleProbability, export_onnx  # noqa: E402
-from murakit.infer.runtime import make_runtime  # noqa: E402
-from murakit.predict import collect_studies, onnx_session, predict_studies  # noqa: E402
+from murakit.infer.model import Model  # noqa: E402
+from murakit.infer.onnx import EnsembleProbability, onnx_session  # noqa: E402
+from murakit.infer.studies import collect_studies  # noqa: E402
 
 TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def loaded(trained_run):
-    return load_models(trained_run)
+    return Model.load(trained_run, device="cpu", mixed_precision=False, channels_last=False)
 
 
 @pytest.fixture(scope="module")
 def exported(loaded, tmp_path_factory):
     # Not into the run folder: other tests share it.
-    return export_onnx(loaded, tmp_path_factory.mktemp("onnx") / "model.onnx")
+    return loaded.export_onnx(tmp_path_factory.mktemp("onnx") / "model.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +77,9 @@ def test_onnx_runtime_matches_pytorch_on_real_images(loaded, exported, real_batc
 
 
 def test_predict_with_onnx_backend(loaded, exported, synth_root):
-    runtime = make_runtime("cpu", mixed_precision=False, channels_last=False)
     studies = collect_studies([synth_root / "valid" / "XR_WRIST"])[:4]
-    by_torch = predict_studies(loaded, studies, runtime)
-    by_onnx = predict_studies(loaded, studies, runtime, backend="onnx", onnx_path=exported)
+    by_torch = loaded.predict_studies(studies)
+    by_onnx = loaded.predict_studies(studies, backend="onnx", onnx_path=exported)
     assert by_onnx.backend == "onnx"
     torch_probs = [i.probability for i in by_torch.images]
     onnx_probs = [i.probability for i in by_onnx.images]
@@ -92,9 +90,8 @@ def test_predict_with_onnx_backend(loaded, exported, synth_root):
 
 
 def test_missing_onnx_file_and_old_opset(loaded, synth_root, tmp_path):
-    runtime = make_runtime("cpu", mixed_precision=False)
     studies = collect_studies([synth_root / "valid" / "XR_WRIST"])[:1]
     with pytest.raises(FileNotFoundError, match="murakit export"):
-        predict_studies(loaded, studies, runtime, backend="onnx", onnx_path=tmp_path / "x.onnx")
+        loaded.predict_studies(studies, backend="onnx", onnx_path=tmp_path / "x.onnx")
     with pytest.raises(ValueError, match="opset 17"):
-        export_onnx(loaded, tmp_path / "m.onnx", opset=17)
+        loaded.export_onnx(tmp_path / "m.onnx", opset=17)

@@ -12,7 +12,7 @@ from murakit.explain.localization import (
     point_in_box,
     score_map,
 )
-from murakit.infer.model import LoadedModels
+from murakit.infer.model import Model
 from murakit.model.densenet import build_model
 from murakit.synth.generator import generate
 
@@ -74,7 +74,7 @@ def test_scores_cover_every_valid_finding_with_its_groups(tmp_path):
     rows = finding_rows(tmp_path)
     config = make_config("demo", size=64)
     model = build_model("densenet-mini", dropout=0.0)
-    loaded = LoadedModels([model], ["untrained"], config, tmp_path)
+    loaded = Model([model], ["untrained"], config, tmp_path)
     seen = []
     result = localization_scores(
         loaded, tmp_path, cam_size=128, on_image=lambda row, *_: seen.append(row["image"])
@@ -101,14 +101,14 @@ def test_trained_cams_point_into_the_synthetic_findings(tmp_path):
     the same maps mirrored (a left-right error) do neither. (At the demo's lr 1e-3 the maps
     drift about a cell off the findings: README, "What the synthetic demo does and does not
     show".)"""
-    from murakit.infer.model import load_models
+    from murakit.infer.model import Model
     from murakit.train.loop import train_run
 
     data = tmp_path / "synth"
     generate(data, studies=800, seed=0, workers=2, findings=("cast", "hardware"))
     config = make_config("demo", data=str(data / "MURA-v1.1"), seed=0, lr=3e-4, workers=0)
     train_run(config, tmp_path / "run")
-    result = localization_scores(load_models(tmp_path / "run"), data, cam_size=512)
+    result = localization_scores(Model.load(tmp_path / "run"), data, cam_size=512)
     seen, detected, mirrored = result["all"], result["detected"], result["mirrored"]
     assert detected["images"] >= 0.5 * seen["images"]  # it learned the findings at all
     assert seen["hit"] >= 2 * seen["hit_chance"] and seen["hit"] >= mirrored["hit"] + 0.1

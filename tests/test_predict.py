@@ -16,28 +16,16 @@ from PIL import Image
 
 from bad_files import write_dicom
 from murakit.data.index import load_index
-from murakit.infer.batched import ensemble_probabilities
-from murakit.infer.model import load_models
-from murakit.infer.runtime import make_runtime
-from murakit.predict import (
-    PredictInputError,
-    collect_studies,
-    format_predictions,
-    predict_studies,
-    write_predictions,
-)
+from murakit.infer.model import Model
+from murakit.infer.studies import PredictInputError, collect_studies
+from murakit.predict import format_predictions, predict_studies, write_predictions
 
 TOL = 1e-6  # same images through the same loop; only batch composition differs
 
 
 @pytest.fixture(scope="module")
 def loaded(trained_run):
-    return load_models(trained_run)
-
-
-@pytest.fixture(scope="module")
-def runtime():
-    return make_runtime("cpu", mixed_precision=False, channels_last=False)
+    return Model.load(trained_run, device="cpu", mixed_precision=False, channels_last=False)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +34,9 @@ def valid_records(synth_root):
 
 
 @pytest.fixture(scope="module")
-def reference(loaded, runtime, valid_records):
-    """ensemble_probabilities over all valid images, keyed by resolved path."""
-    probs = ensemble_probabilities(loaded, valid_records, runtime)
+def reference(loaded, valid_records):
+    """Model.probabilities over all valid images (what evaluate computes), by resolved path."""
+    probs = loaded.probabilities(valid_records)
     return {r.path.resolve(): float(p) for r, p in zip(valid_records, probs, strict=True)}
 
 
@@ -59,12 +47,12 @@ def _multi_image_study(valid_records) -> Path:
     return max(counts, key=counts.get)
 
 
-def test_single_image(loaded, runtime, valid_records, reference):
+def test_single_image(loaded, valid_records, reference):
     path = valid_records[0].path
     studies = collect_studies([path])
     assert len(studies) == 1 and studies[0].paths == [path]
     assert studies[0].part == valid_records[0].part  # from the XR_* folder
-    result = predict_studies(loaded, studies, runtime)
+    result = predict_studies(loaded, studies)
     (study,) = result.studies
     assert study.n_images == 1 and not result.errors
     assert study.probability == pytest.approx(reference[path.resolve()], abs=TOL)
@@ -72,7 +60,7 @@ def test_single_image(loaded, runtime, valid_records, reference):
     assert result.threshold == 0.5
 
 
-def test_study_folder_skips_hidden_files(loaded, runtime, valid_records, reference, tmp_path):
+def test_study_folder_skips_hidden_files(loaded, valid_records, reference, tmp_path):
     source = _multi_image_study(valid_records)
     folder = tmp_path / "XR_WRIST" / "patient1" / "study1"
     shutil.copytree(source, folder)
@@ -83,7 +71,7 @@ def test_study_folder_skips_hidden_files(loaded, runtime, valid_records, referen
     study_in = studies[0]
     assert study_in.study == "XR_WRIST/patient1/study1" and study_in.part == "XR_WRIST"
     assert [p.name for p in study_in.paths] == sorted(p.name for p in source.glob("*.png"))
-    result = predict_studies(loaded, studies, runtime)
+    result = predict_studies(loaded, studies)
     assert not result.errors
     (study,) = result.studies
     expected = [reference[(source / p.name).resolve()] for p in study_in.paths]
@@ -95,13 +83,13 @@ def test_study_folder_skips_hidden_files(loaded, runtime, valid_records, referen
     assert [(s.study, s.paths) for s in loose] == [(study_in.study, study_in.paths)]
 
 
-def test_folder_of_studies(loaded, runtime, synth_root, valid_records, reference):
+def test_folder_of_studies(loaded, synth_root, valid_records, reference):
     part = valid_records[0].part
     studies = collect_studies([synth_root / "valid" / part])
     expected_studies = {r.path.parent for r in valid_records if r.part == part}
     assert {s.folder for s in studies} == expected_studies
     assert all(s.part == part for s in studies)
-    result = predict_studies(loaded, studies, runtime)
+    result = predict_studies(loaded, studies)
     assert len(result.studies) == len(expected_studies) and not result.errors
     for study in result.studies:
         probs = [reference[Path(i.path).resolve()] for i in study.images]
@@ -110,7 +98,7 @@ def test_folder_of_studies(loaded, runtime, synth_root, valid_records, reference
         assert study.study.startswith(f"{part}/patient")
 
 
-def test_dicom_and_jpeg_inputs(loaded, runtime, valid_records, tmp_path):
+def test_dicom_and_jpeg_inputs(loaded, valid_records, tmp_path):
     pytest.importorskip("pydicom")
     source = valid_records[0].path
     gray = np.asarray(Image.open(source).convert("L"))
@@ -120,23 +108,23 @@ def test_dicom_and_jpeg_inputs(loaded, runtime, valid_records, tmp_path):
     # 16-bit MONOCHROME2, as a modality would write it.
     write_dicom(study / "view2.dcm", gray.astype(np.uint16) * 257)
 
-    result = predict_studies(loaded, collect_studies([study]), runtime)
+    result = predict_studies(loaded, collect_studies([study]))
     assert not result.errors
     by_name = {Path(i.path).name: i.probability for i in result.images}
     assert set(by_name) == {"view1.jpg", "view2.dcm"}
     records = [replace(valid_records[0], path=study / name) for name in sorted(by_name)]
-    expected = ensemble_probabilities(loaded, records, runtime)
+    expected = loaded.probabilities(records)
     assert [by_name[r.path.name] for r in records] == pytest.approx(expected, abs=TOL)
     assert result.studies[0].probability == pytest.approx(np.mean(expected), abs=TOL)
 
 
-def test_bad_files_are_reported_and_the_rest_predicted(loaded, runtime, valid_records, tmp_path):
+def test_bad_files_are_reported_and_the_rest_predicted(loaded, valid_records, tmp_path):
     study = tmp_path / "study1"
     study.mkdir()
     shutil.copy(valid_records[0].path, study / "image1.png")
     (study / "image2.png").write_text("this is text, not a radiograph\n")
     (study / "image3.png").write_bytes(b"")
-    result = predict_studies(loaded, collect_studies([study]), runtime)
+    result = predict_studies(loaded, collect_studies([study]))
     assert [Path(i.path).name for i in result.images] == ["image1.png"]
     assert result.studies[0].n_images == 1
     errors = {Path(e.path).name: e.error for e in result.errors}
@@ -153,12 +141,12 @@ def test_missing_path_and_empty_folder(tmp_path):
         collect_studies([tmp_path / "empty"])
 
 
-def test_threshold_from_model_and_writers(loaded, runtime, valid_records, tmp_path, capsys):
+def test_threshold_from_model_and_writers(loaded, valid_records, tmp_path, capsys):
     stored = replace(loaded, threshold=0.0)
     studies = collect_studies([valid_records[0].path.parent])
-    result = predict_studies(stored, studies, runtime)
+    result = predict_studies(stored, studies)
     assert result.threshold == 0.0 and all(s.label == "abnormal" for s in result.studies)
-    assert predict_studies(stored, studies, runtime, threshold=1.0).studies[0].label == "normal"
+    assert predict_studies(stored, studies, threshold=1.0).studies[0].label == "normal"
 
     out = tmp_path / "out" / "predictions.json"
     write_predictions(result, out, "json")
@@ -174,10 +162,10 @@ def test_threshold_from_model_and_writers(loaded, runtime, valid_records, tmp_pa
         format_predictions(result, "xml")
 
 
-def test_cam_overlays_written(loaded, runtime, valid_records, tmp_path):
+def test_cam_overlays_written(loaded, valid_records, tmp_path):
     pytest.importorskip("murakit.explain.cam")
     result = predict_studies(
-        loaded, collect_studies([valid_records[0].path]), runtime, cam_dir=tmp_path / "cams"
+        loaded, collect_studies([valid_records[0].path]), cam_dir=tmp_path / "cams"
     )
     png = Path(result.images[0].cam_png)
     assert png.parent == tmp_path / "cams" and png.exists()

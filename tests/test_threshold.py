@@ -15,7 +15,7 @@ from murakit.evaluate.threshold import (
     choose_threshold,
     split_threshold_slice,
 )
-from murakit.infer.model import load_models
+from murakit.infer.model import Model
 from murakit.train.ensemble import select_members, write_ensemble
 
 
@@ -45,7 +45,7 @@ def test_slice_is_the_same_for_every_seed_and_keeps_the_label_mix(synth_root):
 
 
 def test_threshold_travels_with_runs_and_ensembles(trained_run, tmp_path):
-    """A run's threshold.json is what load_models reports; an ensemble's comes from its kept
+    """A run's threshold.json is what Model.load reports; an ensemble's comes from its kept
     members' averaged slice probabilities, by the same rule."""
     import shutil
 
@@ -58,7 +58,7 @@ def test_threshold_travels_with_runs_and_ensembles(trained_run, tmp_path):
         (run / SLICE_PREDICTIONS).write_text("\n".join(rows) + "\n")
         (run / THRESHOLD_FILE).write_text(json.dumps({"threshold": 0.33, "rule": "test"}))
         runs.append(run)
-    assert load_models(runs[0]).threshold == 0.33
+    assert Model.load(runs[0]).threshold == 0.33
     members = select_members(runs, keep=2)
     write_ensemble(tmp_path / "ens", members)
     spec = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
@@ -66,4 +66,4 @@ def test_threshold_travels_with_runs_and_ensembles(trained_run, tmp_path):
     labels = np.arange(10) % 2
     expected = choose_threshold(labels, np.round(probs, 6), 0.9)
     assert spec["threshold"] == pytest.approx(expected, abs=1e-6)
-    assert load_models(tmp_path / "ens").threshold == pytest.approx(expected, abs=1e-6)
+    assert Model.load(tmp_path / "ens").threshold == pytest.approx(expected, abs=1e-6)

@@ -752,7 +752,8 @@ def cam(
     are drawn in green on the overlays."""
     from murakit.data.truth import truth_boxes
     from murakit.explain.cam import cam_paths
-    from murakit.infer.model import ModelDirError, load_models
+    from murakit.infer.model import Model, ModelDirError
+    from murakit.infer.studies import PredictInputError
 
     out = out or model / "cams"
     boxes = None
@@ -766,7 +767,7 @@ def cam(
                 f"`murakit evaluate --model {model}` first"
             )
         try:
-            loaded = load_models(model)
+            loaded = Model.load(model)
         except ModelDirError as err:
             fail(str(err))
         inputs = gallery_study_folders(eval_dir, Path(loaded.config.data), per_class=gallery)
@@ -780,7 +781,7 @@ def cam(
             rows = cam_paths(
                 model, inputs, out, size, progress=lambda n: bar.advance(task, n), boxes=boxes
             )
-        except ModelDirError as err:
+        except (ModelDirError, PredictInputError) as err:
             fail(str(err))
     bad = [r for r in rows if r["error"]]
     for row in bad:
@@ -904,28 +905,21 @@ def predict(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
     """P(abnormal) per image and per study for new studies (PNG, JPEG, DICOM)."""
-    from murakit.infer.model import ModelDirError, load_models
-    from murakit.infer.runtime import make_runtime
-    from murakit.predict import (
-        PredictInputError,
-        collect_studies,
-        predict_studies,
-        write_predictions,
-    )
+    from murakit.infer.model import Model, ModelDirError
+    from murakit.infer.studies import PredictInputError, collect_studies
+    from murakit.predict import predict_studies, write_predictions
 
     if fmt not in ("json", "csv"):
         fail(f"--format must be json or csv, not {fmt!r}")
     try:
         studies = collect_studies(paths)
-        loaded = load_models(model)
-        runtime = make_runtime(device)
+        loaded = Model.load(model, device=device)
         n_images = sum(len(s.paths) for s in studies)
         with progress_bar(console=err_console, transient=True) as bar:
             task = bar.add_task("predicting", total=n_images, status="")
             result = predict_studies(
                 loaded,
                 studies,
-                runtime,
                 backend=backend,
                 onnx_path=onnx,
                 cam_dir=cam_dir,
@@ -959,12 +953,11 @@ def export(
 ) -> None:
     """The run or ensemble as one ONNX graph (members averaged), preprocessing documented in
     a JSON file beside it."""
-    from murakit.infer.model import ModelDirError, load_models
-    from murakit.infer.onnx import export_onnx
+    from murakit.infer.model import Model, ModelDirError
 
     out = out or model / "model.onnx"
     try:
-        path = export_onnx(load_models(model), out, opset, verify=verify)
+        path = Model.load(model).export_onnx(out, opset=opset, verify=verify)
     except (ModelDirError, ValueError) as err:
         fail(str(err))
     console.print(f"wrote {path} and {path}.json (the preprocessing it expects)")

@@ -17,9 +17,7 @@ from murakit.evaluate.outputs import (
     write_metrics_json,
     write_study_predictions,
 )
-from murakit.infer.batched import ensemble_probabilities
-from murakit.infer.model import load_models
-from murakit.infer.runtime import make_runtime
+from murakit.infer.model import Model
 
 
 @dataclass
@@ -53,8 +51,7 @@ def evaluate_model(
     ``by_markers`` (images where the marker detector finds a letter marker), the metrics are
     repeated for each subgroup: how much of the score comes from plates and letters."""
     model_dir = Path(model_dir)
-    runtime = make_runtime(device)
-    loaded = load_models(model_dir)
+    loaded = Model.load(model_dir, device=device)
     rule = loaded.threshold_rule if threshold is None else "given on the command line"
     threshold = loaded.threshold if threshold is None else threshold
     root = Path(data_root or loaded.config.data)
@@ -62,18 +59,14 @@ def evaluate_model(
     records = index.images
     skipped = list(index.skipped)
     if skip_bad:
-        from murakit.data.verify import find_bad_files
+        from murakit.data.verify import drop_unreadable
 
-        bad = find_bad_files([r.path for r in records], workers)
-        bad_paths = {message.split(": ", 1)[0] for message in bad}
-        records = [r for r in records if str(r.path) not in bad_paths]
+        records, bad = drop_unreadable(records, workers)
         skipped += bad
     if on_start:
         on_start(len(records) * len(loaded.models))
-    probs = ensemble_probabilities(
-        loaded,
+    probs = loaded.probabilities(
         records,
-        runtime,
         batch_size=batch_size,
         workers=workers,
         tta_flip=tta_flip,

@@ -123,6 +123,37 @@ def read_grayscale_bytes(
     return _read(io.BytesIO(data), name, max_pixels)
 
 
+def as_gray_uint8(image: np.ndarray) -> np.ndarray:
+    """A 2-D grayscale array as the readers return it: uint8 as is, wider integers (e.g. the
+    uint16 of a 16-bit PNG) and floats narrowed to 8 bits the way the readers narrow them."""
+    arr = np.asarray(image)
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind not in "uif":
+        raise ValueError(f"expected an integer or float grayscale image, got dtype {arr.dtype}")
+    return _wide_to_uint8(arr)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format named by a file's first 132 bytes ("PNG", "JPEG", "DICOM", ...), or
+    None: the one content sniffer, for reading, collecting study folders and uploads."""
+    if head[128:132] == b"DICM" or _looks_like_bare_dicom(head):
+        return "DICOM"
+    for magic, kind, _ in _PIL_FORMATS:
+        if head.startswith(magic):
+            return kind
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def describe_content(head: bytes) -> str:
+    """What a non-image file looks like from its first bytes, for an error message."""
+    return _describe(head)
+
+
 def read_grayscale_salvaged(path: _PathLike) -> tuple[np.ndarray, int | None]:
     """Like :func:`read_grayscale`, but a PNG or JPEG cut short is decoded as far as its data
     goes and the unfilled rows at the bottom are dropped: (image, rows dropped).
@@ -198,14 +229,10 @@ def _sniff(fp: IO[bytes], name: str) -> str:
     fp.seek(0)
     if not head:
         raise BadImageError(name, "file is empty (0 bytes)")
-    if head[128:132] == b"DICM" or _looks_like_bare_dicom(head):
-        return "DICOM"
-    for magic, kind, _ in _PIL_FORMATS:
-        if head.startswith(magic):
-            return kind
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "WEBP"
-    raise BadImageError(name, f"not an image: {_describe(head)}")
+    kind = sniff_format(head)
+    if kind is None:
+        raise BadImageError(name, f"not an image: {_describe(head)}")
+    return kind
 
 
 def _looks_like_bare_dicom(head: bytes) -> bool:

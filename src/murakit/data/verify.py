@@ -8,6 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from murakit.data.imageio import BadImageError, read_grayscale
+from murakit.data.index import ImageRecord
 
 
 def _problem(path: Path) -> str | None:
@@ -42,3 +43,12 @@ def find_bad_files(
         if pool:
             pool.shutdown()
     return problems
+
+
+def drop_unreadable(
+    records: Sequence[ImageRecord], workers: int = 0
+) -> tuple[list[ImageRecord], list[str]]:
+    """(the records whose files decode, one message per file that does not): `--skip-bad`."""
+    problems = find_bad_files([r.path for r in records], workers)
+    bad = {message.split(": ", 1)[0] for message in problems}
+    return [r for r in records if str(r.path) not in bad], problems

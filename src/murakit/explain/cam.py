@@ -1,21 +1,6 @@
-"""Class activation maps (CAM), computed exactly as the reference does, drawn on the original image.
-
-For an input at ``size`` pixels (512 by default, as in the reference: 16 x 16 maps from
-DenseNet's stride of 32, sharper than 7 x 7 at 224), with F the last feature maps after the
-final norm and ReLU and (w, b) the classifier's weight and bias::
-
-    cam[i, j] = sum_c w_c * F_c[i, j] + b / (h * w)
-
-The bias is spread evenly over the h x w cells so that the CAM is in logit units and its
-spatial mean is *exactly* the network's logit at that size (global average pooling is a mean,
-and the classifier is linear). Positive cells are evidence for "abnormal", negative ones for
-"normal". An ensemble's CAM is the mean of its members' maps, and its mean is the mean logit.
-
-Models trained at 224 px (or 96 px in the tests) are run at 512 for the map, as in the
-reference: the network is fully convolutional up to the global pooling. Their probability at
-512 is not what predictions report, though, so the probability shown is the model's at its
-*training* size (``config.size``), the number ``murakit predict`` prints for the same image.
-"""
+"""CAM overlays for files: one PNG per image of the given images and study folders, and a
+cams.csv naming them (``murakit cam``). The maps come from :meth:`murakit.infer.model.Model.cam`;
+images and studies are collected as ``murakit predict`` collects them."""
 
 from __future__ import annotations
 
@@ -23,256 +8,15 @@ import csv
 import io
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from murakit.data.imageio import BadImageError
+from murakit.fsutil import atomic_write_text
+from murakit.infer.cam import CAM_SIZE, save_overlay
+from murakit.infer.model import Model
+from murakit.infer.studies import collect_studies
 
-from murakit.data.imageio import BadImageError, read_grayscale
-from murakit.data.index import IMAGE_SUFFIXES
-from murakit.data.transforms import original_box_in_square, square_resize, to_tensor
-from murakit.fsutil import atomic_write_bytes, atomic_write_text
-from murakit.model.densenet import classifier_params, feature_maps
-
-CAM_SIZE = 512
-ALPHA = 0.4  # opacity of the heat map where the evidence for "abnormal" is strongest
-COLORMAP = "jet"
 CSV_COLUMNS = ("image", "study", "probability", "cam_png", "error")
-
-_MURA_STUDY = re.compile(r"^study\d+(_(positive|negative))?$")
-
-
-@dataclass
-class CamResult:
-    """One image's CAM.
-
-    ``cam``: (h, w) float32 at the CAM input size, in logit units, ensemble mean.
-    ``logit``: the ensemble's mean logit at the CAM size; equals ``cam.mean()``.
-    ``probability``: mean over members of sigmoid(logit) at ``predict_size`` (the models'
-    training size when known), i.e. what predictions report for this image.
-    """
-
-    cam: np.ndarray
-    logit: float
-    probability: float
-    size: int
-    predict_size: int
-
-
-# ------------------------------------------------------------------------------ computing
-
-
-def class_activation_map(
-    model: torch.nn.Module, x: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cams (N, h, w), logits (N,)) of a one-output network on a batch, in eval mode.
-
-    ``cams[n].mean() == logits[n]`` up to float rounding, and ``logits`` equals ``model(x)``.
-    """
-    model.eval()  # BatchNorm on running statistics and no dropout: the CAM identity needs both
-    weight, bias = classifier_params(model)
-    if weight.shape[0] != 1:
-        raise ValueError(f"CAM expects a one-output classifier, got {weight.shape[0]} outputs")
-    with torch.inference_mode():
-        maps = feature_maps(model, x.to(weight.device, weight.dtype)).float()
-        h, w = maps.shape[-2:]
-        cams = torch.einsum("c,nchw->nhw", weight[0].float(), maps) + bias[0].float() / (h * w)
-        logits = cams.mean(dim=(1, 2))
-    return cams.cpu(), logits.cpu()
-
-
-def _prepare(image: np.ndarray, size: int) -> torch.Tensor:
-    """The evaluation pipeline (pad to square, resize, normalise) as a batch of one."""
-    return to_tensor(square_resize(image, size)).unsqueeze(0)
-
-
-def _predict_logit(model: torch.nn.Module, x: torch.Tensor) -> float:
-    weight, _ = classifier_params(model)
-    model.eval()
-    with torch.inference_mode():
-        return float(model(x.to(weight.device, weight.dtype)).float()[0, 0])
-
-
-def compute_cam(
-    models, image: np.ndarray, size: int = CAM_SIZE, predict_size: int | None = None
-) -> CamResult:
-    """The ensemble CAM of a grayscale uint8 (H, W) image, input resized to ``size``.
-
-    ``models`` is a list of networks or a :class:`~murakit.train.ensemble.LoadedModels`
-    (whose ``config.size`` then is the default ``predict_size``). Each member's map has the same
-    resolution (same input size), so they are averaged cell by cell.
-    """
-    config = getattr(models, "config", None)
-    members: Sequence[torch.nn.Module] = getattr(models, "models", models)
-    if not members:
-        raise ValueError("compute_cam needs at least one model")
-    if size < 32:
-        raise ValueError(f"CAM size must be at least 32 px (DenseNet's stride), got {size}")
-    if predict_size is None:
-        predict_size = config.size if config is not None else size
-    x = _prepare(image, size)
-    x_predict = x if predict_size == size else _prepare(image, predict_size)
-    cams, logits, probs = [], [], []
-    for model in members:
-        cam, logit = class_activation_map(model, x)
-        cams.append(cam[0])
-        logits.append(float(logit[0]))
-        p_logit = logits[-1] if predict_size == size else _predict_logit(model, x_predict)
-        probs.append(1.0 / (1.0 + np.exp(-p_logit)))
-    cam = torch.stack(cams).mean(0).numpy().astype(np.float32)
-    return CamResult(cam, float(np.mean(logits)), float(np.mean(probs)), size, predict_size)
-
-
-# ------------------------------------------------------------------------------ geometry
-
-
-def _resize(arr: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of a float map; align_corners=False treats each cell as the centre of
-    the pixels it covers, which is where a conv feature sits."""
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
-    out = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
-    return out[0, 0].numpy()
-
-
-def cam_on_original(cam: np.ndarray, image_shape: tuple[int, ...], size: int) -> np.ndarray:
-    """The CAM as an (H, W) map over the original image, not the padded square.
-
-    Upsampled to the ``size`` x ``size`` square the network saw, cropped to where the image lies
-    in it (:func:`original_box_in_square`, the same placement ``square_resize`` uses), then
-    resized to H x W. The padding's part of the map is dropped rather than squeezed in.
-    """
-    h, w = int(image_shape[0]), int(image_shape[1])
-    x0, y0, x1, y1 = original_box_in_square(h, w, size)
-    square = _resize(cam, size, size)
-    return _resize(square[y0:y1, x0:x1], h, w)
-
-
-def cam_peak(cam_original: np.ndarray) -> tuple[int, int]:
-    """(x, y) of the hottest pixel: where the model sees the most evidence for abnormal."""
-    y, x = np.unravel_index(int(np.argmax(cam_original)), cam_original.shape)
-    return int(x), int(y)
-
-
-# ------------------------------------------------------------------------------ drawing
-
-
-def _heat_colors(heat: np.ndarray) -> np.ndarray:
-    from matplotlib import colormaps
-
-    return colormaps[COLORMAP](heat)[..., :3].astype(np.float32)
-
-
-def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=px)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def overlay(
-    image: np.ndarray,
-    cam_original: np.ndarray,
-    probability: float,
-    caption: str = "",
-    positive: str = "abnormal",
-    boxes: Sequence[tuple[float, float, float, float]] = (),
-) -> Image.Image:
-    """An RGB picture: the radiograph in gray with the CAM's positive part as a heat map, the
-    ground-truth ``boxes`` (e.g. fracture boxes) in green, and a caption bar
-    "P(abnormal) = 0.87  <caption>" underneath (``positive`` names the class).
-
-    The heat is the CAM divided by its maximum (when positive), so the strongest evidence for
-    abnormal is red and cells with none (CAM <= 0) leave the radiograph untouched; opacity grows
-    with the heat up to ``ALPHA``, so faint evidence does not hide the bone beneath.
-    """
-    gray = np.asarray(image, dtype=np.float32) / 255.0
-    cam_original = np.asarray(cam_original, dtype=np.float32)
-    if gray.shape != cam_original.shape:
-        raise ValueError(f"image {gray.shape} and CAM {cam_original.shape} differ in shape")
-    top = float(cam_original.max())
-    heat = np.clip(cam_original / top, 0.0, 1.0) if top > 0 else np.zeros_like(cam_original)
-    alpha = (ALPHA * np.sqrt(heat))[..., None]
-    rgb = gray[..., None] * (1 - alpha) + _heat_colors(heat) * alpha
-    picture = Image.fromarray(np.rint(rgb * 255).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(picture)
-    for box in boxes:
-        draw.rectangle(box, outline=(0, 255, 0), width=max(1, round(max(gray.shape) / 250)))
-    return _with_caption(picture, f"P({positive}) = {probability:.2f}", caption)
-
-
-def _with_caption(picture: Image.Image, head: str, tail: str) -> Image.Image:
-    w, h = picture.size
-    bar = max(16, round(min(w, 1024) / 20))
-    font = _font(max(9, round(bar * 0.62)))
-    canvas = Image.new("RGB", (w, h + bar), (0, 0, 0))
-    canvas.paste(picture, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    pad = max(3, bar // 4)
-    text = f"{head}   {tail}" if tail else head
-    while tail and draw.textlength(text, font=font) > w - 2 * pad:
-        tail = tail[1:]  # a long path loses its start: the file name matters most
-        text = f"{head}   ...{tail}"
-    draw.text((pad, h + bar / 2), text, fill=(255, 255, 255), font=font, anchor="lm")
-    return canvas
-
-
-def save_overlay(path: Path, picture: Image.Image) -> Path:
-    """Write the overlay as a PNG atomically (a crash never leaves half a file)."""
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", optimize=True)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
-
-
-# ------------------------------------------------------------------------------ files
-
-
-def _natural(path: Path) -> list:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
-
-
-def _is_image_name(path: Path) -> bool:
-    suffix = path.suffix.lower()
-    return suffix in IMAGE_SUFFIXES or suffix == ""  # DICOM files often have no extension
-
-
-def study_key(folder: Path) -> str:
-    """A study's name: "XR_WRIST/patient11185/study1_positive" for a folder in MURA's layout
-    (patientX/studyK repeats across parts), else the folder's own name."""
-    folder = Path(folder).absolute()
-    if _MURA_STUDY.match(folder.name) and folder.parent.name.startswith("patient"):
-        return "/".join([folder.parent.parent.name, folder.parent.name, folder.name])
-    return folder.name
-
-
-def expand_inputs(inputs: Sequence[Path]) -> list[tuple[Path, str]]:
-    """(image path, study) per image: study folders give their images in natural order (image2
-    before image10), hidden files such as macOS "._image1.png" and non-image files skipped. A
-    loose image belongs to its folder's study when that folder is a MURA study, else to none."""
-    out: list[tuple[Path, str]] = []
-    seen: set[Path] = set()
-    for item in map(Path, inputs):
-        if item.is_dir():
-            study = study_key(item)
-            files = [
-                p
-                for p in item.iterdir()
-                if not p.name.startswith(".") and p.is_file() and _is_image_name(p)
-            ]
-            pairs = [(p, study) for p in sorted(files, key=_natural)]
-            if not pairs:
-                pairs = [(item, study)]  # reported as an error: a study with no images
-        else:
-            parent = item.absolute().parent
-            pairs = [(item, study_key(parent) if _MURA_STUDY.match(parent.name) else "")]
-        for path, study in pairs:
-            if path.absolute() not in seen:
-                seen.add(path.absolute())
-                out.append((path, study))
-    return out
 
 
 def _png_name(study: str, image: Path, taken: set[str]) -> str:
@@ -286,51 +30,44 @@ def _png_name(study: str, image: Path, taken: set[str]) -> str:
 
 
 def cam_paths(
-    model_dir,
+    model: Model | str | Path,
     inputs: Sequence[Path],
     out_dir: Path,
     size: int = CAM_SIZE,
     progress: Callable[[int], None] | None = None,
     boxes: Mapping[str, Sequence[tuple[float, float, float, float]]] | None = None,
 ) -> list[dict]:
-    """CAM overlays for images and study folders: ``<study>__<image>.png`` per image (or
-    ``<image>.png`` for a loose image) in ``out_dir``, plus ``cams.csv``; returns its rows.
-    ``boxes`` maps an image's resolved path to ground-truth boxes drawn on its overlay.
+    """CAM overlays for images and study folders: ``<study>__<image>.png`` per image in
+    ``out_dir``, plus ``cams.csv``; returns its rows. ``boxes`` maps an image's resolved path
+    to ground-truth boxes drawn on its overlay.
 
-    ``model_dir`` is a run or ensemble folder (or models already loaded by ``load_models``).
-    Images get the quality fixes the model was trained with, as in prediction; if a fix changes
-    the geometry (``panels="largest"``), the overlay is drawn on the panel the model saw. An
-    unreadable image gets a row with its path and the reason in ``error`` (and no PNG); the
-    others are still processed. ``progress(1)`` is called after each image.
+    ``model`` is a :class:`Model` or a run/ensemble folder. Images get the quality fixes the
+    model was trained with, as in prediction; if a fix changes the geometry
+    (``panels="largest"``), the overlay is drawn on the panel the model saw. An unreadable
+    image gets a row with its path and the reason in ``error`` (and no PNG); the others are
+    still processed. ``progress(1)`` is called after each image.
     """
-    from murakit.data.dataset import apply_config_fixes
-    from murakit.infer.model import load_models
-
-    loaded = model_dir if hasattr(model_dir, "models") else load_models(Path(model_dir))
+    model = model if isinstance(model, Model) else Model.load(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     taken: set[str] = set()
-    for path, study in expand_inputs(inputs):
-        row = {"image": str(path), "study": study, "probability": "", "cam_png": "", "error": ""}
-        try:
-            if path.is_dir():
-                raise BadImageError(path, "study folder holds no images")
-            image = apply_config_fixes(read_grayscale(path), loaded.config)
-        except BadImageError as err:
-            row["error"] = err.problem
-        else:
-            result = compute_cam(loaded, image, size)
-            heat = cam_on_original(result.cam, image.shape, size)
-            name = _png_name(study, path, taken)
-            caption = f"{study}/{path.name}" if study else path.name
-            drawn = (boxes or {}).get(str(Path(path).resolve()), ())
-            picture = overlay(image, heat, result.probability, caption, loaded.classes[1], drawn)
-            save_overlay(out_dir / name, picture)
-            row.update(probability=round(result.probability, 6), cam_png=name)
-        rows.append(row)
-        if progress:
-            progress(1)
+    for study in collect_studies(inputs):
+        for path in study.paths:
+            row = {"image": str(path), "study": study.study, "probability": "", "cam_png": ""}
+            row["error"] = ""
+            try:
+                cam = model.cam(path, size=size)
+            except BadImageError as err:
+                row["error"] = err.problem
+            else:
+                name = _png_name(study.study, path, taken)
+                drawn = (boxes or {}).get(str(Path(path).resolve()), ())
+                save_overlay(out_dir / name, cam.overlay(f"{study.study}/{path.name}", drawn))
+                row.update(probability=round(cam.probability, 6), cam_png=name)
+            rows.append(row)
+            if progress:
+                progress(1)
     _write_csv(out_dir / "cams.csv", rows)
     return rows
 

@@ -29,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from murakit.data.dataset import apply_config_fixes
-from murakit.data.imageio import read_grayscale
 from murakit.data.truth import Box, parse_boxes, read_truth, truth_file
-from murakit.explain.cam import CamResult, cam_on_original, cam_peak, compute_cam
+from murakit.infer.cam import ImageCam, cam_peak
+from murakit.infer.model import Model
 
 
 def finding_rows(data: Path, split: str = "valid") -> list[dict]:
@@ -81,31 +80,30 @@ def score_map(heat: np.ndarray, boxes: Box | Sequence[Box], cell: float) -> dict
 
 
 def localization_scores(
-    loaded,
+    model: Model,
     data: Path,
     cam_size: int = 512,
     split: str = "valid",
     limit: int = 0,
-    on_image: Callable[[dict, np.ndarray, np.ndarray, CamResult, dict], None] | None = None,
+    on_image: Callable[[dict, ImageCam, dict], None] | None = None,
 ) -> dict:
-    """The mean scores of ``loaded``'s CAMs over ``split``'s findings: overall, per finding kind,
+    """The mean scores of ``model``'s CAMs over ``split``'s findings: overall, per finding kind,
     over the findings the model detects (probability >= its stored threshold), with and without
     hardware where the truth says, and, as the control, of the mirrored maps.
-    ``on_image(row, image, heat, result, scores)`` is called per image (e.g. to draw it)."""
+    ``on_image(row, cam, scores)`` is called per image (e.g. to draw it)."""
     data = Path(data)
     rows = finding_rows(data, split)[: limit or None]
     if not rows:
         raise ValueError(f"{data}: no {split} images with a finding in {truth_file(data).name}")
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        image = apply_config_fixes(read_grayscale(data / row["image"]), loaded.config)
-        result = compute_cam(loaded, image, cam_size)
-        heat = cam_on_original(result.cam, image.shape, cam_size)
+        cam = model.cam(data / row["image"], size=cam_size)
+        heat = cam.heat
         boxes = parse_boxes(row["finding_box"])
-        cell = max(image.shape) * 32 / cam_size
+        cell = max(cam.image.shape) * 32 / cam_size
         scores = score_map(heat, boxes, cell)
         mirrored = score_map(heat[:, ::-1], boxes, cell)
-        detected = result.probability >= loaded.threshold
+        detected = cam.probability >= model.threshold
         names = ["all", f"finding:{row['finding']}"] + (["detected"] if detected else [])
         if row.get("hardware", "") in ("0", "1"):
             tag = "hardware" if row["hardware"] == "1" else "no hardware"
@@ -116,11 +114,11 @@ def localization_scores(
             groups[name].append(scores)
         groups["mirrored"].append(mirrored)
         if on_image is not None:
-            on_image(row, image, heat, result, scores)
+            on_image(row, cam, scores)
     summary = {name: _mean_scores(items) for name, items in groups.items()}
     summary["cam_size"] = cam_size
     summary["split"] = split
-    summary["threshold"] = loaded.threshold
+    summary["threshold"] = model.threshold
     return summary
 
 

@@ -12,13 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from murakit.data.dataset import RadiographDataset, RecordLoader
+from murakit.data.dataset import RadiographDataset
 from murakit.data.index import ImageRecord
-from murakit.data.transforms import EvalTransform
 from murakit.infer.runtime import Runtime
 
 if TYPE_CHECKING:
-    from murakit.infer.model import LoadedModels
+    from murakit.infer.preprocess import Preprocessor
 
 
 def make_eval_loader(
@@ -74,7 +73,8 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def ensemble_probabilities(
-    loaded: LoadedModels,
+    models: Sequence[torch.nn.Module],
+    preprocessor: Preprocessor,
     records: Sequence[ImageRecord],
     runtime: Runtime,
     *,
@@ -84,14 +84,14 @@ def ensemble_probabilities(
     load: Callable[[ImageRecord], np.ndarray] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """P(abnormal) per record: the mean over members of each member's probability. Images
-    get the quality fixes the model was trained with."""
-    load = load or RecordLoader(loaded.config)
-    dataset = RadiographDataset(records, EvalTransform(loaded.config.size), load=load)
+    """P(positive) per record: the mean over members of each member's probability. Images are
+    read and fixed by ``preprocessor`` (or by ``load``), then squared and normalised by it."""
+    load = load or preprocessor.load
+    dataset = RadiographDataset(records, preprocessor.transform, load=load)
     total = np.zeros(len(records), dtype=np.float64)
-    for model in loaded.models:
+    for model in models:
         model = runtime.prepare_model(model)
         loader = make_eval_loader(dataset, batch_size, workers, runtime)
         logits, index = infer_logits(model, loader, runtime, tta_flip=tta_flip, on_batch=on_batch)
         total[index] += sigmoid(logits)
-    return total / len(loaded.models)
+    return total / len(models)

@@ -2,7 +2,7 @@
 
 The graph takes a float32 batch (N, 3, S, S), already preprocessed, and returns N
 probabilities: the mean over members of each member's sigmoid output, exactly what
-:func:`murakit.infer.batched.ensemble_probabilities` computes. Preprocessing stays outside
+:meth:`murakit.infer.model.Model.probabilities` computes. Preprocessing stays outside
 the graph (decoding PNG/DICOM is no job for ONNX) and is written out step by step in
 ``model.onnx.json`` beside it, so another language can reproduce it without reading our code.
 
@@ -13,20 +13,25 @@ is deprecated and warns). It implements opset 18 and up; asking it for 17 fails 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from murakit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from murakit.data.transforms import EvalTransform
 from murakit.fsutil import atomic_write_json
-from murakit.infer.model import LoadedModels
+
+if TYPE_CHECKING:
+    from murakit.infer.model import Model
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
@@ -45,45 +50,6 @@ class EnsembleProbability(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         probs = [torch.sigmoid(member(image)[:, 0].float()) for member in self.members]
         return torch.stack(probs).mean(dim=0)
-
-
-def preprocessing_spec(loaded: LoadedModels) -> dict[str, Any]:
-    """The input contract, in words and numbers (what murakit.data.transforms.EvalTransform
-    and the model's quality fixes do)."""
-    config = loaded.config
-    size = int(config.size)
-    fixes = {
-        "fix_inverted": bool(config.fix_inverted),
-        "mask_markers": bool(config.mask_markers),
-        "panels": config.panels,
-    }
-    steps = [
-        "decode to 8-bit grayscale (H, W) uint8: RGB by ITU-R 601 luma; 16-bit gray narrowed "
-        "to 8 bits by its min-max range (or exactly, if it is widened 8-bit); DICOM through the "
-        "modality LUT, then its VOI LUT/window (else min-max), MONOCHROME1 inverted",
-    ]
-    if any((fixes["fix_inverted"], fixes["mask_markers"], fixes["panels"] != "keep")):
-        steps.append(
-            f"apply murakit's data-quality fixes {fixes} (murakit.data.quality.apply_fixes)"
-        )
-    steps += [
-        f"scale the longer side to {size} px with bilinear filtering (PIL Image.BILINEAR, "
-        "antialiased when shrinking), the shorter side to round(side * scale), at least 1",
-        f"zero-pad (black) to {size} x {size}, the image centred: offset "
-        f"(({size} - new_w) // 2, ({size} - new_h) // 2)",
-        "repeat the gray channel to 3 channels (R = G = B)",
-        "divide by 255",
-        f"subtract mean {list(IMAGENET_MEAN)} and divide by std {list(IMAGENET_STD)}, "
-        "per channel (ImageNet)",
-        f"stack as float32 NCHW: (N, 3, {size}, {size})",
-    ]
-    return {
-        "size": size,
-        "steps": steps,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "fixes": fixes,
-    }
 
 
 @contextlib.contextmanager
@@ -106,7 +72,7 @@ def _quiet_exporter():
 
 
 def export_onnx(
-    loaded: LoadedModels,
+    loaded: Model,
     out: Path,
     opset: int = DEFAULT_OPSET,
     *,
@@ -168,7 +134,7 @@ def export_onnx(
             "name": INPUT_NAME,
             "dtype": "float32",
             "shape": ["N", 3, size, size],
-            **preprocessing_spec(loaded),
+            **loaded.preprocessor.spec(),
         },
         "output": {
             "name": OUTPUT_NAME,
@@ -195,3 +161,54 @@ def verify_onnx(wrapper: nn.Module, path: Path, size: int, device, n: int = 3) -
     got = session.run(None, {INPUT_NAME: x.numpy()})[0]
     diff = float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
     return {"inputs": f"{n} random N(0,1) images", "max_abs_diff_vs_torch_fp32": diff}
+
+
+def onnx_file(loaded: Model, onnx_path: Path | None) -> Path:
+    """The ONNX graph to use: the one given, else model.onnx in the model folder."""
+    path = Path(onnx_path) if onnx_path else Path(loaded.source) / "model.onnx"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no ONNX model; write one with `murakit export {loaded.source}`"
+        )
+    return path
+
+
+_sessions: dict[tuple[str, int], Any] = {}
+_sessions_lock = threading.Lock()
+
+
+def onnx_session(path: Path) -> tuple[Any, dict[str, Any]]:
+    """(onnxruntime session, sidecar metadata), cached per file version: building a session
+    costs far more than running one study."""
+    path = Path(path).resolve()
+    key = (str(path), path.stat().st_mtime_ns)
+    with _sessions_lock:
+        if key not in _sessions:
+            import onnxruntime as ort
+
+            meta_file = path.with_name(path.name + ".json")
+            if not meta_file.exists():
+                raise FileNotFoundError(f"{meta_file}: missing (it says how to preprocess)")
+            meta = json.loads(meta_file.read_text())
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            # Idle threads sleep instead of spinning: a server shares its cores with decoding,
+            # CAMs and other requests (measured faster on a busy 2-core machine, too).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            _sessions[key] = (session, meta)
+        return _sessions[key]
+
+
+def onnx_probabilities(
+    path: Path, images: Sequence[np.ndarray], *, batch_size: int = 16
+) -> np.ndarray:
+    """P(abnormal) per image from the exported graph, preprocessed as its sidecar says."""
+    session, meta = onnx_session(path)
+    transform = EvalTransform(int(meta["input"]["size"]))
+    input_name = session.get_inputs()[0].name
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = np.stack([transform(img).numpy() for img in images[start : start + batch_size]])
+        out.append(session.run(None, {input_name: batch})[0].reshape(-1))
+    return np.concatenate(out).astype(np.float64)

@@ -34,11 +34,10 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from murakit.data.dataset import apply_config_fixes
-from murakit.data.imageio import BadImageError, read_grayscale_bytes
-from murakit.infer.model import LoadedModels, load_models
-from murakit.infer.runtime import Runtime, make_runtime
-from murakit.predict import cam_overlay, image_probabilities, label_of
+from murakit.data.imageio import BadImageError, describe_content, sniff_format
+from murakit.infer.cam import CAM_SIZE
+from murakit.infer.model import Model
+from murakit.infer.results import label_of
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_FILES = 11  # MURA's largest study
@@ -103,8 +102,7 @@ class ErrorResponse(BaseModel):
 
 @dataclass
 class _Service:
-    loaded: LoadedModels
-    runtime: Runtime
+    model: Model
     threshold: float
     backend: str
     onnx_path: Path | None
@@ -168,7 +166,7 @@ def create_app(
     backend: str = "torch",
     onnx_path: Path | None = None,
     cam_size: int = 0,
-    loaded: LoadedModels | None = None,
+    model: Model | None = None,
 ) -> FastAPI:
     """The FastAPI app serving the model in `model_dir` (a run or an ensemble folder).
 
@@ -176,12 +174,10 @@ def create_app(
     bound what one request may cost. `backend` "onnx" runs the exported graph (see
     :mod:`murakit.infer.onnx`); CAM overlays always use the torch models.
     """
-    loaded = loaded or load_models(Path(model_dir))
-    runtime = make_runtime(device)
+    model = model or Model.load(Path(model_dir), device=device)
     service = _Service(
-        loaded=loaded,
-        runtime=runtime,
-        threshold=loaded.threshold,
+        model=model,
+        threshold=model.threshold,
         backend=backend,
         onnx_path=onnx_path,
         cam_size=cam_size,
@@ -191,9 +187,9 @@ def create_app(
         lock=threading.Lock(),
     )
     if backend == "onnx":  # fail at start-up, not at the first request
-        from murakit.predict import onnx_file, onnx_session
+        from murakit.infer.onnx import onnx_file, onnx_session
 
-        onnx_session(onnx_file(loaded, onnx_path))
+        onnx_session(onnx_file(model, onnx_path))
 
     app = FastAPI(
         title="murakit",
@@ -230,15 +226,15 @@ def create_app(
         """Whether the server is up, which model it serves and the upload limits."""
         return HealthResponse(
             status="ok",
-            model=Path(loaded.source).name,
-            members=len(loaded.models),
-            size=int(loaded.config.size),
-            arch=loaded.config.arch,
+            model=Path(model.source).name,
+            members=len(model.models),
+            size=int(model.config.size),
+            arch=model.config.arch,
             threshold=service.threshold,
             backend=service.backend,
             max_files=max_files,
             max_bytes=max_bytes,
-            parts=list(loaded.parts),
+            parts=list(model.parts),
         )
 
     error_responses = {
@@ -259,7 +255,7 @@ def create_app(
             f"Multipart form: `files`, 1 to {max_files} images of ONE study (PNG, JPEG or "
             f"DICOM, judged by content, at most {_mb(max_bytes)} and "
             f"{max_pixels / 1e6:g} megapixels each); optional `part` (one of "
-            f"{', '.join(loaded.parts)}); optional `cam` (default true) for heat maps. The "
+            f"{', '.join(model.parts)}); optional `cam` (default true) for heat maps. The "
             "study probability is the mean of the images' probabilities, each the mean over "
             "the ensemble's members."
         ),
@@ -283,7 +279,7 @@ def create_app(
                 f"{len(files)} files uploaded; at most {max_files} images of one study are "
                 "accepted per request",
             )
-        part = _check_part(part, service.loaded.parts)
+        part = _check_part(part, service.model.parts)
         uploads = [
             (_display_name(f.filename, i), await _read_limited(f, i, max_bytes))
             for i, f in enumerate(files)
@@ -346,34 +342,20 @@ async def _read_limited(upload: UploadFile, index: int, max_bytes: int) -> bytes
     return data
 
 
-def _content_type(data: bytes) -> str | None:
-    """PNG, JPEG or DICOM from the first bytes; None for anything else."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if data[128:132] == b"DICM":
-        return "DICOM"
-    # DICOM without its 128-byte preamble starts with a group 0002 or 0008 element.
-    if data[:2] in (b"\x02\x00", b"\x08\x00") and len(data) >= 8:
-        return "DICOM"
-    return None
+ACCEPTED_FORMATS = ("PNG", "JPEG", "DICOM")
 
 
 def _decode(service: _Service, name: str, data: bytes) -> np.ndarray:
-    if _content_type(data) is None:
-        head = data[:16]
-        is_text = all(b >= 32 or b in b"\t\n\r" for b in head)
-        what = "text" if is_text else "another kind of file"
+    """The upload as the model sees it (its Preprocessor), or an HTTP error naming the file."""
+    if sniff_format(data[:132]) not in ACCEPTED_FORMATS:
         raise HTTPException(
-            415, f"{name} is not a PNG, JPEG or DICOM image (its content is {what})"
+            415, f"{name} is not a PNG, JPEG or DICOM image ({describe_content(data[:132])})"
         )
     try:
-        image = read_grayscale_bytes(data, name, max_pixels=service.max_pixels)
+        return service.model.preprocessor.decode(data, name, max_pixels=service.max_pixels)
     except BadImageError as err:
         status = 413 if "decompression bomb" in err.problem else 422
         raise HTTPException(status, str(err)) from None
-    return apply_config_fixes(image, service.loaded.config)
 
 
 def _predict_uploads(
@@ -381,16 +363,15 @@ def _predict_uploads(
 ) -> PredictResponse:
     images = [_decode(service, name, data) for name, data in uploads]
     with service.lock:
-        probs = image_probabilities(
-            service.loaded,
-            images,
-            service.runtime,
-            backend=service.backend,
-            onnx_path=service.onnx_path,
+        probs = service.model.image_probabilities(
+            images, backend=service.backend, onnx_path=service.onnx_path
         )
+        size = service.cam_size or CAM_SIZE
         overlays = [
             _png_base64(
-                cam_overlay(service.loaded, img, float(p), caption=name, size=service.cam_size)
+                service.model.cam(img, size=size, predict_size=size, fixed=True).overlay(
+                    caption=name, probability=float(p)
+                )
             )
             if cam
             else None
@@ -399,7 +380,7 @@ def _predict_uploads(
     study = float(np.mean(probs))
     return PredictResponse(
         study_probability=study,
-        label=label_of(study, service.threshold, service.loaded.classes),
+        label=label_of(study, service.threshold, service.model.classes),
         positive=study >= service.threshold,
         threshold=service.threshold,
         part=part,
@@ -407,7 +388,7 @@ def _predict_uploads(
             ImageResult(
                 name=name,
                 probability=float(p),
-                label=label_of(float(p), service.threshold, service.loaded.classes),
+                label=label_of(float(p), service.threshold, service.model.classes),
                 cam_png_base64=png,
             )
             for (name, _), p, png in zip(uploads, probs, overlays, strict=True)
