@@ -8,6 +8,7 @@ model is trained, so the whole module runs in a few seconds.
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 from html.parser import HTMLParser
@@ -28,6 +29,7 @@ from murakit.evaluate.outputs import (
     write_metrics_json,
     write_study_predictions,
 )
+from murakit.evaluate.plots import plot_loss_curve
 from murakit.fsutil import atomic_write_json
 from murakit.report.figures import confusion_counts, roc_curves, roc_figure
 from murakit.report.html import (
@@ -39,7 +41,6 @@ from murakit.report.html import (
     looks_like_mura_valid,
     part_table,
 )
-from murakit.evaluate.plots import plot_loss_curve
 
 METRIC_COLUMNS = (
     "epoch",
@@ -540,7 +541,7 @@ def test_reference_column_only_on_real_mura(tmp_path):
     images, probs = fake_images(rng, parts=BODY_PARTS, studies_per_part=5)
     metrics = write_evaluation(run / "eval-valid", images, probs)
     assert not looks_like_mura_valid(metrics)
-    assert "reference report" not in part_table(metrics)
+    assert not part_table(metrics).reference  # no reference column on other data
     metrics["overall"]["n_studies"], metrics["overall"]["n_images"] = 1199, 3197
     write_metrics_json(run / "eval-valid" / "metrics.json", metrics)
     page = parse(build_report(run).read_text(encoding="utf-8"))
@@ -563,3 +564,69 @@ def test_unreadable_files_are_reported_not_fatal(tmp_path):
     assert "metrics.json: cannot be read" in text
     assert "cannot read gone.png" in text
     assert json.loads((run / "config.json").read_text())["preset"] == "demo"
+
+
+def test_every_value_is_escaped(tmp_path):
+    """Values from the model folder reach the page as text, never as markup: autoescaping
+    covers names, metrics.json fields and cams.csv keys, in text and in attributes."""
+    rng = np.random.default_rng(5)
+    run = tmp_path / "run"
+    write_run(run, tmp_path / "nowhere", seed=5, epochs=2)
+    images, probs = fake_images(rng, studies_per_part=4)
+    metrics = write_evaluation(run / "eval-valid", images, probs)
+    metrics.update(data="/data/<i>x</i>", threshold_rule="<script>alert(1)</script>")
+    write_metrics_json(run / "eval-valid" / "metrics.json", metrics)
+    (run / "cams").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(run / "cams" / "x.png")
+    with (run / "cams" / "cams.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows(
+            [
+                ("image", "study", "probability", "cam_png", "error"),
+                ('a"><b>.png', "case <u>1</u>", "0.7", "x.png", ""),
+            ]
+        )
+    text = build_report(run).read_text(encoding="utf-8")
+    page = parse(text)
+    tags = {tag for tag, _k, _v in page.attrs} | set(re.findall(r"<(\w+)", text))
+    assert not tags & {"script", "i", "u"}
+    assert "<b>.png" not in text
+    body = html.unescape(plain(text))
+    assert "of /data/<i>x</i>." in body and "(<script>alert(1)</script>)" in body
+    alts = [v for tag, k, v in page.attrs if tag == "img" and k == "alt"]
+    assert 'CAM of a"><b>.png' in alts  # the attribute holds the whole name, as text
+    assert "Studies without a known label (1)" in page.headings
+    assert "label unknown" in body and "case <u>1</u>" in body
+
+
+def test_templates_are_package_data_and_share_a_base():
+    from importlib.resources import files
+
+    from murakit.report.templating import environment
+
+    folder = files("murakit.report") / "templates"
+    names = {p.name for p in folder.iterdir()}
+    assert {"base.html.j2", "report.html.j2", "audit.html.j2"} <= names
+    env = environment()
+    assert env.autoescape is True
+    for name in ("report.html.j2", "audit.html.j2"):
+        assert '{% extends "base.html.j2" %}' in env.loader.get_source(env, name)[0]
+
+
+def test_report_layer_imports_no_terminal_or_cli_code():
+    """The report is an application layer: rich/typer and the CLI stay above it."""
+    import ast
+
+    import murakit.report
+
+    forbidden = ("rich", "typer", "murakit.cli", "murakit.progress")
+    for path in Path(murakit.report.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            bad = [n for n in names if n.split(".")[0] in forbidden[:2] or n in forbidden[2:]]
+            assert not bad, f"{path.name} imports {bad}"

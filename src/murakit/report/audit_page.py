@@ -4,12 +4,13 @@ One self-contained file (inline CSS, thumbnails as base64 PNGs, no scripts, no n
 so it opens from disk, survives being mailed or archived, and shows the same thing
 anywhere. Marker boxes and panel splits are drawn on the thumbnails, so a reader sees at
 a glance whether a detector was right.
+
+The data layer (:func:`murakit.data.quality.audit`) finds and counts; this module draws the
+thumbnails and renders ``templates/audit.html.j2`` (on the report's shared base template).
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,10 +22,13 @@ from PIL import Image, ImageDraw
 
 from murakit.data.imageio import BadImageError, read_grayscale
 from murakit.fsutil import atomic_write_text
+from murakit.report.images import png_data_uri
+from murakit.report.templating import render
 
 if TYPE_CHECKING:
     from murakit.data.quality import ImageCheck
 
+AUDIT_PAGE = "audit.html"  # written beside the data layer's audit.csv
 THUMB_SIDE = 160
 THUMB_COLOURS = 64
 PER_GROUP = 48
@@ -63,23 +67,6 @@ GROUPS = (
     Group("duplicate", "Duplicates", "Same pixels as an earlier image; counted twice."),
 )
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:1.5rem;color:#222;
-background:#fafafa}
-h1{margin:0 0 .3rem}h2{margin:2rem 0 .2rem;border-bottom:1px solid #ccc}
-p.why{margin:.2rem 0 .8rem;color:#555}
-table{border-collapse:collapse;margin:.8rem 0}
-td,th{border:1px solid #ccc;padding:.2rem .6rem;text-align:right}
-th:first-child,td:first-child{text-align:left}tr.total{font-weight:bold}
-.grid{display:flex;flex-wrap:wrap;gap:.6rem}
-figure{margin:0;width:170px;background:#fff;border:1px solid #ddd;padding:4px}
-figure img{display:block;margin:auto;max-width:160px;max-height:160px;background:#000}
-figcaption{font-size:.72rem;word-break:break-all;margin-top:3px}
-.score{font-weight:bold}.none{height:60px;display:flex;align-items:center;
-justify-content:center;color:#a00;background:#eee}
-.more{color:#555;font-style:italic;margin:.5rem 0}
-"""
-
 
 def thumbnail(check: ImageCheck, side: int = THUMB_SIDE) -> str | None:
     """A data: URI of the downscaled image with boxes and split drawn; None if unreadable."""
@@ -104,21 +91,33 @@ def thumbnail(check: ImageCheck, side: int = THUMB_SIDE) -> str | None:
         draw.line(line, fill=SPLIT_COLOUR, width=2)
     buffer = io.BytesIO()
     pic.quantize(colors=THUMB_COLOURS).save(buffer, format="PNG")  # a third of RGB's size
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return png_data_uri(buffer.getvalue())
 
 
 def _scaled(box: tuple[int, ...], scale: float) -> tuple[int, ...]:
     return tuple(int(np.floor(v * scale)) for v in box)
 
 
-def _caption(check: ImageCheck, key: str) -> str:
-    """Path plus the detector's score, or the problem's words for technical problems."""
-    score = check.score(key)
-    if score is not None:
-        detail = f'<span class="score">score {score:.2f}</span>'
-    else:
-        detail = "; ".join(html.escape(p) for p in check.problems if p.startswith(key))
-    return f"{html.escape(check.rel)}<br>{detail}"
+@dataclass
+class Figure:
+    """One flagged image of a section: its thumbnail and the detector's score, or for a
+    technical problem the problem's words."""
+
+    rel: str
+    uri: str | None
+    score: float | None
+    problems: list[str]
+
+
+@dataclass
+class Section:
+    group: Group
+    total: int  # images flagged; only the first `per_group` are shown
+    figures: list[Figure]
+
+    @property
+    def more(self) -> int:
+        return self.total - len(self.figures)
 
 
 def _group_order(checks: Sequence[ImageCheck], key: str) -> list[ImageCheck]:
@@ -129,26 +128,9 @@ def _group_order(checks: Sequence[ImageCheck], key: str) -> list[ImageCheck]:
     return flagged
 
 
-def _summary_table(summary: dict[str, dict[str, int]]) -> str:
-    if not summary:
-        return "<p>No images.</p>"
-    keys = list(next(iter(summary.values())))
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["part", *keys])
-    rows = []
-    for part, counts in summary.items():
-        cells = "".join(f"<td>{counts[k]:,}</td>" for k in keys)
-        cls = ' class="total"' if part == "TOTAL" else ""
-        rows.append(f"<tr{cls}><td>{html.escape(part)}</td>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
-
-
-def render_audit_page(
-    checks: Sequence[ImageCheck],
-    summary: dict[str, dict[str, int]],
-    per_group: int = PER_GROUP,
-    title: str = "murakit image audit",
-) -> str:
-    """The page's HTML text; thumbnails are decoded from the images' paths on disk."""
+def audit_sections(checks: Sequence[ImageCheck], per_group: int = PER_GROUP) -> list[Section]:
+    """The page's sections, in GROUPS order, each with at most `per_group` thumbnails
+    (decoded from the images' paths on disk, once per image)."""
     thumbs: dict[str, str | None] = {}
     sections = []
     for group in GROUPS:
@@ -159,32 +141,26 @@ def render_audit_page(
         for check in flagged[:per_group]:
             if check.rel not in thumbs:
                 thumbs[check.rel] = thumbnail(check)
-            uri = thumbs[check.rel]
-            picture = (
-                f'<img src="{uri}" alt="{html.escape(check.rel)}">'
-                if uri
-                else '<div class="none">no image</div>'
-            )
-            figures.append(
-                f"<figure>{picture}<figcaption>{_caption(check, group.key)}</figcaption></figure>"
-            )
-        more = len(flagged) - per_group
-        more_note = (
-            f'<p class="more">and {more:,} more (listed in audit.csv)</p>' if more > 0 else ""
-        )
-        sections.append(
-            f'<section id="{group.key}"><h2>{html.escape(group.title)} ({len(flagged):,})</h2>'
-            f'<p class="why">{html.escape(group.why)}</p>'
-            f'<div class="grid">{"".join(figures)}</div>{more_note}</section>'
-        )
-    body = "".join(sections) or "<p>No image was flagged.</p>"
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>"
-        f"<p>{len(checks):,} images checked. Red boxes: letter markers; blue lines: where a "
-        "multi-panel image would be cut.</p>"
-        f"{_summary_table(summary)}{body}</body></html>\n"
+            problems = [p for p in check.problems if p.startswith(group.key)]
+            figures.append(Figure(check.rel, thumbs[check.rel], check.score(group.key), problems))
+        sections.append(Section(group, len(flagged), figures))
+    return sections
+
+
+def render_audit_page(
+    checks: Sequence[ImageCheck],
+    summary: dict[str, dict[str, int]],
+    per_group: int = PER_GROUP,
+    title: str = "murakit image audit",
+) -> str:
+    """The page's HTML text: the per-part counts, then the flagged images by problem."""
+    return render(
+        "audit.html.j2",
+        title=title,
+        n_checked=len(checks),
+        summary=summary,
+        columns=list(next(iter(summary.values()))) if summary else [],
+        sections=audit_sections(checks, per_group),
     )
 
 

@@ -5,16 +5,18 @@ file opens from disk anywhere and can be mailed or archived as the record of a m
 reads whatever the pipeline has written so far (config, per-epoch metrics, evaluation
 folders, CAMs, augmentation preview) and says plainly, with the command to run, what is
 missing, so a half-finished model still gets a useful page.
+
+This module gathers the data into small objects (one per section) and draws the figures;
+the markup is the Jinja2 templates in ``templates/`` (``report.html.j2`` and the ``base``
+it shares with the audit page), autoescaped. Model folders are read through their owners:
+ensemble.json by :mod:`murakit.infer.ensemble_spec`, config.json by
+:class:`murakit.config.TrainConfig`, metrics.csv by :func:`murakit.train.history.read_history`,
+evaluation folders by :mod:`murakit.evaluate.outputs`.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
-import io
-import json
-import math
 import os
 import re
 import shlex
@@ -25,14 +27,40 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
-from murakit.evaluate.outputs import looks_like_mura_valid
+from murakit.config import TrainConfig
+from murakit.evaluate.outputs import (
+    REFERENCE_STUDY_ACCURACY,
+    looks_like_mura_valid,
+    read_metrics_json,
+    read_study_predictions,
+)
 from murakit.fsutil import atomic_write_text
+from murakit.infer.ensemble_spec import ENSEMBLE_FILE, member_run_dir, read_ensemble_spec
+from murakit.report.formatting import fmt_int, fmt_kappa, fmt_num, fmt_pct, is_missing
+from murakit.report.images import image_uri, png_data_uri
+from murakit.report.templating import Missing, render
 from murakit.train.history import read_history
 
+__all__ = [
+    "AUGMENT_PREVIEW",
+    "CAMS_DIR",
+    "REPORT_FILE",
+    "ReportError",
+    "build_report",
+    "find_evaluations",
+    "fmt_int",
+    "fmt_kappa",
+    "fmt_num",
+    "fmt_pct",
+    "looks_like_mura_valid",
+    "part_table",
+    "pick_gallery",
+    "read_cams",
+    "read_model",
+    "render_report",
+]
+
 REPORT_FILE = "report.html"
-ENSEMBLE_FILE = "ensemble.json"
 CAMS_DIR = "cams"
 AUGMENT_PREVIEW = "augment_preview.png"
 
@@ -52,167 +80,14 @@ HINT_CAMS = "murakit cam --model {model} --gallery 12"
 HINT_TRAIN = "murakit train --out {model} --data ROOT"
 HINT_DATA = "murakit report {model} --data ROOT"
 
-CSS = """
-:root{--fg:#1d2330;--muted:#5b6475;--line:#d9dde5;--zebra:#f5f7fa;--head:#e8ecf2;
---accent:#1f4e9c;--ok:#1a7f37;--bad:#b42318;--warn:#8a6d00}
-*{box-sizing:border-box}
-body{margin:0;color:var(--fg);background:#fff;font:15px/1.5 system-ui,-apple-system,
-"Segoe UI",Roboto,"Helvetica Neue",Arial,"Noto Sans",sans-serif}
-main{max-width:1180px;margin:0 auto;padding:1.2rem 1.5rem 4rem}
-h1{font-size:1.65rem;margin:.3rem 0 .7rem}
-h2{font-size:1.3rem;margin:2.4rem 0 .8rem;padding-bottom:.25rem;border-bottom:2px solid var(--line)}
-h3{font-size:1.05rem;margin:1.6rem 0 .4rem}
-nav{font-size:.9rem;margin:0 0 1rem;color:var(--muted)}
-nav a{color:var(--accent);text-decoration:none;margin-right:1rem}
-dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:.1rem 1.2rem;margin:0 0 1rem}
-dl.meta dt{color:var(--muted)}dl.meta dd{margin:0;overflow-wrap:anywhere}
-.headline{border-left:5px solid var(--accent);background:#eef3fb;padding:.7rem 1.1rem;
-margin:.6rem 0 1rem;border-radius:0 4px 4px 0}
-.headline .big{font-size:1.55rem;font-weight:650;margin-right:1.2rem}
-.headline .ci{color:var(--muted);font-size:1.05rem;font-weight:500}
-.missing{border-left:5px solid #d4a017;background:#fdf8e6;color:#4d3d00;
-padding:.55rem 1rem;margin:.6rem 0 1rem;border-radius:0 4px 4px 0}
-.note{color:var(--muted);font-size:.88rem;margin:.3rem 0 .6rem}
-code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace;
-font-size:.88em;background:#eff1f4;padding:.05rem .3rem;border-radius:3px;overflow-wrap:anywhere}
-.tw{overflow-x:auto;margin:.4rem 0 1rem}
-table{border-collapse:collapse;font-size:.85rem}
-th,td{padding:.28rem .5rem;border-bottom:1px solid var(--line);text-align:left;white-space:nowrap}
-th{white-space:normal;line-height:1.25}
-thead th{background:var(--head);border-bottom:2px solid #b7c0cd;vertical-align:bottom}
-thead tr.group th{text-align:center;border-bottom:1px solid #b7c0cd}
-tbody tr:nth-child(even){background:var(--zebra)}
-th.n,td.n{text-align:right;font-variant-numeric:tabular-nums}
-td.c{text-align:center}
-th.sep,td.sep{border-left:1px solid #b7c0cd}
-tr.total td{font-weight:650;border-top:2px solid #b7c0cd}
-tr.kept td:first-child{box-shadow:inset 4px 0 0 var(--ok)}
-.tick{color:var(--ok);font-weight:700}
-.up{color:var(--ok)}.down{color:var(--bad)}
-figure{margin:0}
-figure img{display:block;max-width:100%;height:auto}
-figcaption{font-size:.8rem;color:var(--muted);margin-top:.2rem}
-figure.roc,figure.cm{margin:.6rem 0 1.2rem}
-figure.roc img{max-width:min(100%,1000px)}
-figure.cm img{max-width:360px}
-.curves{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:1rem;
-margin:.4rem 0 1rem}
-.curves.single{grid-template-columns:minmax(320px,560px)}
-.curves figure{border:1px solid var(--line);border-radius:4px;padding:6px;background:#fff}
-.curves figure.kept{border-color:var(--ok)}
-.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(165px,1fr));gap:.7rem;
-margin:.4rem 0 1.2rem}
-.gallery figure{border:1px solid var(--line);border-radius:4px;padding:4px;background:#fff}
-.gallery figure.error{border:2px solid var(--bad)}
-.gallery img{width:100%;background:#000}
-.gallery figcaption{color:var(--fg);overflow-wrap:break-word}
-.cmrow{display:flex;flex-wrap:wrap;gap:1rem 2rem;align-items:center}
-ul.words{margin:0;padding-left:1.2rem;max-width:34rem}ul.words li{margin:.25rem 0}
-.gallery .key{color:var(--muted);font-size:.72rem}
-.badge{display:inline-block;font-size:.7rem;font-weight:650;padding:0 .35rem;border-radius:3px;
-color:#fff;background:var(--bad);margin-left:.2rem}
-.noimg{display:flex;align-items:center;justify-content:center;height:120px;background:#eee;
-color:var(--bad);font-size:.8rem;text-align:center;padding:.4rem}
-figure.preview img{max-width:min(100%,1000px)}
-details{margin:.4rem 0 1rem}summary{cursor:pointer;color:var(--accent)}
-details h4{margin:.8rem 0 .2rem;font-size:.9rem}
-footer{margin-top:3rem;color:var(--muted);font-size:.8rem;border-top:1px solid var(--line);
-padding-top:.6rem}
-"""
-
 
 class ReportError(ValueError):
     """A folder that holds nothing a report could be made of."""
 
 
-# ---------------------------------------------------------------- formatting
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and not math.isfinite(value))
-
-
-def fmt_pct(value: float | None, digits: int = 1) -> str:
-    """0.8123 -> '81.2%'; undefined -> an en dash (the same text the tests expect)."""
-    return "–" if _missing(value) else f"{100 * value:.{digits}f}%"
-
-
-def fmt_num(value: float | None, digits: int = 3) -> str:
-    return "–" if _missing(value) else f"{value:.{digits}f}"
-
-
-def fmt_int(value: int | None) -> str:
-    return "–" if value is None else f"{int(value):,}"
-
-
-def fmt_kappa(group: dict[str, Any]) -> str:
-    """'0.620 [0.570, 0.671]': kappa with its 95% bootstrap interval when there is one."""
-    text = fmt_num(group.get("kappa"))
-    ci = group.get("kappa_ci")
-    if ci is None or text == "–":
-        return text
-    return f"{text} [{fmt_num(ci[0])}, {fmt_num(ci[1])}]"
-
-
-def _missing_box(what: str, command: str | None = None) -> str:
-    run = f": run <code>{esc(command)}</code>" if command else ""
-    return f'<p class="missing">{esc(what)}{run}</p>'
-
-
 def _hint(template: str, model: ModelInfo) -> str:
     """A command to copy: the model path shell-quoted (folder names can hold spaces)."""
     return template.format(model=shlex.quote(str(model.path)))
-
-
-def _cell(text: str, cls: str = "n") -> str:
-    return f'<td class="{cls}">{text}</td>' if cls else f"<td>{text}</td>"
-
-
-def _thead(headers: Sequence[tuple[str, str]]) -> str:
-    """(label, class) pairs; class 'n' right-aligns the column like its numbers."""
-    cells = "".join(
-        f'<th class="{c}">{esc(h)}</th>' if c else f"<th>{esc(h)}</th>" for h, c in headers
-    )
-    return f"<thead><tr>{cells}</tr></thead>"
-
-
-# ---------------------------------------------------------------- images
-
-
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def image_uri(path: Path, max_side: int | None = None) -> str | None:
-    """A PNG data URI of an image file, shrunk to `max_side` when larger; None if unreadable.
-
-    Re-encoding keeps the page light (a full-size CAM overlay is a few hundred kB) and
-    guarantees the embedded bytes really are PNG, whatever the file was.
-    """
-    try:
-        raw = path.read_bytes()
-        with Image.open(io.BytesIO(raw)) as img:
-            img.load()
-            if img.format == "PNG" and (max_side is None or max(img.size) <= max_side):
-                return data_uri(raw)
-            pic = img.convert("RGBA" if "A" in img.getbands() else "RGB")
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
-        return None
-    if max_side is not None:
-        pic.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    pic.save(buffer, format="PNG", optimize=True)
-    return data_uri(buffer.getvalue())
-
-
-def _img(uri: str | None, alt: str, missing: str) -> str:
-    if uri is None:
-        return f'<div class="noimg">{esc(missing)}</div>'
-    return f'<img src="{uri}" alt="{esc(alt)}">'
 
 
 # ---------------------------------------------------------------- the model folder
@@ -240,14 +115,14 @@ class ModelInfo:
 
     path: Path
     kind: str  # "run" or "ensemble"
-    config: dict[str, Any]
+    config: TrainConfig | None
     members: list[Member]  # sorted by validation loss, unknown last
     selection: str | None = None
     notes: list[str] = field(default_factory=list)  # files that exist but could not be read
 
 
 def _best_row(history: list[dict[str, float]]) -> dict[str, float] | None:
-    scored = [r for r in history if math.isfinite(r.get("val_loss", math.nan))]
+    scored = [r for r in history if not is_missing(r.get("val_loss", float("nan")))]
     return min(scored, key=lambda r: r["val_loss"]) if scored else None
 
 
@@ -269,66 +144,66 @@ def _member_from_history(name: str, run_dir: Path, kept: bool, notes: list[str])
     return member
 
 
-def _read_json(path: Path, notes: list[str]) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        notes.append(f"{path}: cannot be read ({err})")
-        return None
-    if not isinstance(value, dict):
-        notes.append(f"{path}: expected a JSON object")
-        return None
-    return value
+def _read_config(paths: Iterable[Path], notes: list[str]) -> TrainConfig | None:
+    """The first config.json of `paths` that exists, as the TrainConfig it records."""
+    for path in paths:
+        if path.exists():
+            try:
+                return TrainConfig.load(path)
+            except (OSError, ValueError, TypeError) as err:
+                notes.append(f"{path}: cannot be read ({err})")
+                return None
+    return None
 
 
 def _sort_key(member: Member) -> tuple[bool, float]:
-    return (_missing(member.val_loss), member.val_loss if not _missing(member.val_loss) else 0.0)
+    missing = is_missing(member.val_loss)
+    return (missing, 0.0 if missing else member.val_loss)
+
+
+# Member figures recorded in ensemble.json: the record of the selection wins over the CSV.
+_SPEC_FIGURES = (
+    "epochs",
+    "best_epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_study_accuracy",
+)
 
 
 def read_model(model_dir: Path) -> ModelInfo:
     """The ensemble (ensemble.json) or the single run (config.json / metrics.csv) at model_dir."""
     notes: list[str] = []
     if (model_dir / ENSEMBLE_FILE).exists():
-        spec = _read_json(model_dir / ENSEMBLE_FILE, notes) or {}
+        try:
+            spec = read_ensemble_spec(model_dir)
+        except (OSError, ValueError) as err:
+            notes.append(f"{model_dir / ENSEMBLE_FILE}: cannot be read ({err})")
+            spec = {"members": []}
         members = []
-        for row in spec.get("members", []):
-            run_dir = Path(str(row.get("run_dir", "")))
-            run_dir = run_dir if run_dir.is_absolute() else model_dir / run_dir
+        for row in spec["members"]:
+            run_dir = member_run_dir(model_dir, row)
             member = _member_from_history(
                 str(row.get("name", run_dir.name)), run_dir, bool(row.get("kept")), notes
             )
-            # ensemble.json is the record of the selection: its figures win over the CSV's.
-            for key in (
-                "epochs",
-                "best_epoch",
-                "train_loss",
-                "val_loss",
-                "val_accuracy",
-                "val_study_accuracy",
-            ):
+            for key in _SPEC_FIGURES:
                 if row.get(key) is not None:
                     setattr(member, key, row[key])
             members.append(member)
         config_paths = [m.run_dir / "config.json" for m in members if m.kept]
         config_paths += [m.run_dir / "config.json" for m in members]
         config_paths.append(model_dir / "config.json")
-        config = next((_read_json(p, notes) for p in config_paths if p.exists()), None) or {}
-        return ModelInfo(
-            model_dir,
-            "ensemble",
-            config,
-            sorted(members, key=_sort_key),
-            str(spec.get("selection") or "") or None,
-            notes,
-        )
+        config = _read_config(config_paths, notes)
+        selection = str(spec.get("selection") or "") or None
+        members.sort(key=_sort_key)
+        return ModelInfo(model_dir, "ensemble", config, members, selection, notes)
     if not any((model_dir / name).exists() for name in ("config.json", "metrics.csv", "best.pt")):
         raise ReportError(
             f"{model_dir}: neither an ensemble ({ENSEMBLE_FILE}) nor a run "
             "(config.json, metrics.csv, best.pt)"
         )
-    config = {}
-    if (model_dir / "config.json").exists():
-        config = _read_json(model_dir / "config.json", notes) or {}
+    config = _read_config([model_dir / "config.json"], notes)
     member = _member_from_history(model_dir.name, model_dir, True, notes)
     return ModelInfo(model_dir, "run", config, [member], None, notes)
 
@@ -357,11 +232,13 @@ class Evaluation:
 
         return tuple((self.metrics or {}).get("dataset", {}).get("classes", DatasetInfo.classes))
 
+    @property
+    def scored(self) -> bool:
+        return self.metrics is not None and "overall" in self.metrics
+
 
 def find_evaluations(model_dir: Path) -> list[Evaluation]:
     """Every eval-* folder with metrics or predictions, eval-valid first (it is the headline)."""
-    from murakit.evaluate.outputs import read_metrics_json, read_study_predictions
-
     folders = [p for p in sorted(model_dir.glob("eval-*")) if p.is_dir()]
     folders.sort(key=lambda p: p.name != "eval-valid")
     found = []
@@ -383,14 +260,33 @@ def find_evaluations(model_dir: Path) -> list[Evaluation]:
     return found
 
 
-# ---------------------------------------------------------------- sections
+# ---------------------------------------------------------------- header
 
 
-def _section(anchor: str, title: str, body: str) -> str:
-    return f'<section id="{anchor}"><h2>{esc(title)}</h2>{body}</section>'
+@dataclass
+class Header:
+    title: str
+    model_path: str
+    kind: str
+    arch: str
+    preset: str
+    size: str
+    members: str
+    trained: str
+    written: str
 
 
-def _header(model: ModelInfo, evaluations: list[Evaluation]) -> str:
+@dataclass
+class Headline:
+    """The top line: the first scored evaluation's overall numbers."""
+
+    evaluation: str
+    overall: dict[str, Any]
+    positive: str
+    reference: str  # "; reference report …" on real MURA valid, else ""
+
+
+def _header(model: ModelInfo) -> Header:
     cfg = model.config
     kept = [m for m in model.members if m.kept]
     if model.kind == "ensemble":
@@ -399,7 +295,6 @@ def _header(model: ModelInfo, evaluations: list[Evaluation]) -> str:
             members += f" (selection: {model.selection})"
     else:
         members = "1 (single run)"
-    size = cfg.get("size")
     stamp_file = next(
         (
             model.path / n
@@ -413,105 +308,61 @@ def _header(model: ModelInfo, evaluations: list[Evaluation]) -> str:
         if stamp_file
         else "–"
     )
-    rows = [
-        ("model", f"<code>{esc(model.path.resolve())}</code> ({esc(model.kind)})"),
-        ("architecture", esc(cfg.get("arch", "–"))),
-        ("preset", esc(cfg.get("preset", "–"))),
-        ("input size", esc(f"{size}×{size} px" if size else "–")),
-        ("members", esc(members)),
-        ("trained", esc(trained)),
-        ("report written", esc(datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))),
-    ]
-    meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
-    title = f"murakit report: {model.path.resolve().name}"
-    nav = "".join(
-        f'<a href="#{a}">{t}</a>'
-        for a, t in (
-            ("dataset", "Dataset"),
-            ("training", "Training"),
-            ("results", "Results"),
-            ("cams", "CAM gallery"),
-            ("augmentation", "Augmentation"),
-        )
-    )
-    return (
-        f'<header><h1>{esc(title)}</h1><nav>{nav}</nav><dl class="meta">{meta}</dl>'
-        f"{_headline(model, evaluations)}</header>"
+    return Header(
+        title=f"murakit report: {model.path.resolve().name}",
+        model_path=str(model.path.resolve()),
+        kind=model.kind,
+        arch=cfg.arch if cfg else "–",
+        preset=cfg.preset if cfg else "–",
+        size=f"{cfg.size}×{cfg.size} px" if cfg and cfg.size else "–",
+        members=members,
+        trained=trained,
+        written=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     )
 
 
-def _headline(model: ModelInfo, evaluations: list[Evaluation]) -> str:
-    scored = [e for e in evaluations if e.metrics and "overall" in e.metrics]
+def _headline(model: ModelInfo, evaluations: list[Evaluation]) -> Headline | Missing:
+    scored = [e for e in evaluations if e.scored]
     if not scored:
-        return _missing_box("No evaluation yet", _hint(HINT_EVALUATE, model))
+        return Missing("No evaluation yet", _hint(HINT_EVALUATE, model))
     ev = scored[0]
-    overall = ev.metrics["overall"]
-    ci = overall.get("kappa_ci")
-    ci_text = f" [{fmt_num(ci[0])}, {fmt_num(ci[1])}]" if ci else ""
     reference = ""
     if looks_like_mura_valid(ev.metrics):
-        from murakit.evaluate.outputs import REFERENCE_STUDY_ACCURACY
-
         reference = (
             f"; reference report {fmt_pct(REFERENCE_STUDY_ACCURACY['TOTAL'])}, "
             f"MURA paper κ {MURA_PAPER_KAPPA:.3f}"
         )
-    return (
-        '<div class="headline">'
-        f'<span class="big">study accuracy {fmt_pct(overall.get("study_accuracy"))}</span>'
-        f'<span class="big">κ {fmt_num(overall.get("kappa"))}'
-        f'<span class="ci">{esc(ci_text)}</span></span><br>'
-        f"AUROC {fmt_num(overall.get('auroc'))} on {fmt_int(overall.get('n_studies'))} studies "
-        f"({fmt_int(overall.get('n_abnormal_studies'))} {esc(ev.classes[1])}) in "
-        f"<code>{esc(ev.name)}</code>{esc(reference)}</div>"
-    )
+    return Headline(ev.name, ev.metrics["overall"], ev.classes[1], reference)
 
 
-def _dataset_section(
-    model: ModelInfo, data_root: Path | None, evaluations: Sequence[Evaluation]
-) -> str:
-    from murakit.data.index import DatasetError, load_index
-    from murakit.data.stats import dataset_stats
+# ---------------------------------------------------------------- dataset
 
-    # The folder asked for, else the one trained on, else the one evaluated on.
-    candidates = [data_root, model.config.get("data")]
-    candidates += [(e.metrics or {}).get("data") for e in evaluations]
-    root = next((Path(c).expanduser() for c in candidates if c), None)
-    if root is None:
-        body = _missing_box(
-            "No dataset folder known (the config names none)", _hint(HINT_DATA, model)
-        )
-        return _section("dataset", "Dataset", body)
-    if not root.is_dir():
-        body = _missing_box(
-            f"Dataset folder {root} is not available on this machine", _hint(HINT_DATA, model)
-        )
-        return _section("dataset", "Dataset", body)
-    try:
-        index = load_index(root, skip_bad=True)
-    except (DatasetError, OSError) as err:
-        body = _missing_box(f"Dataset folder {root} cannot be indexed: {err}")
-        return _section("dataset", "Dataset", body)
-    stats = dataset_stats(index.images)
-    negative, positive = index.info.classes
-    body = (
-        f'<p class="note">{esc(index.info.name)}, from <code>{esc(index.root)}</code>: '
-        f"{esc(negative)} / {esc(positive)} counts per body part; a study's label is shared by "
-        f"all its images. Licence: {esc(index.info.licence or 'not stated')}."
-        + (f" Images: {esc(index.info.credit)}." if index.info.credit else "")
-        + "</p>"
-        f"{dataset_table(stats, index.info.classes)}"
-    )
-    if index.skipped:
-        body += f'<p class="note">{len(index.skipped):,} bad rows skipped while indexing.</p>'
-    return _section("dataset", "Dataset", body)
+
+@dataclass
+class DatasetTable:
+    """Train and valid side by side, as in the reference report: per split and part the
+    normal / abnormal images (and the abnormal share), studies and patients."""
+
+    splits: list[str]
+    columns: tuple[str, ...]
+    rows: list[tuple[str, list[dict[str, Any] | None]]]  # (part, counts per split or None)
+
+
+@dataclass
+class DatasetSection:
+    name: str
+    root: str
+    classes: tuple[str, str]
+    licence: str
+    credit: str
+    table: DatasetTable
+    skipped: int
 
 
 def dataset_table(
     stats: dict[str, dict[str, dict[str, int]]], classes: Sequence[str] = ("normal", "abnormal")
-) -> str:
-    """Train and valid side by side, as in the reference report: normal / abnormal images
-    (and the abnormal share), normal / abnormal studies, patients (in the dataset's names)."""
+) -> DatasetTable:
+    """The table of murakit.data.stats.dataset_stats, in the dataset's class names."""
     from murakit.data.stats import percent
 
     negative, positive = classes
@@ -521,40 +372,105 @@ def dataset_table(
         f"studies {negative} / {positive}",
         "patients",
     )
-
     splits = [s for s in ("train", "valid") if s in stats] + sorted(
         s for s in stats if s not in ("train", "valid")
     )
     parts = sorted({p for s in splits for p in stats[s] if p != "TOTAL"}) + ["TOTAL"]
-    width = len(columns)
-    group = "".join(f'<th class="sep" colspan="{width}">{esc(s)}</th>' for s in splits)
-    head = (
-        f'<thead><tr class="group"><th></th>{group}</tr><tr><th>part</th>'
-        + "".join(
-            f'<th class="{"n sep" if i == 0 else "n"}">{esc(h)}</th>'
-            for _ in splits
-            for i, h in enumerate(columns)
-        )
-        + "</tr></thead>"
-    )
     rows = []
     for part in parts:
-        cells = [_cell(esc(part), "")]
+        cells = []
         for split in splits:
             c = stats[split].get(part)
-            if c is None:
-                cells += [_cell("–")] * width
-                continue
-            total = c["normal_images"] + c["abnormal_images"]
-            cells += [
-                _cell(f"{c['normal_images']:,} / {c['abnormal_images']:,}", "n sep"),
-                _cell(percent(c["abnormal_images"], total)),
-                _cell(f"{c['normal_studies']:,} / {c['abnormal_studies']:,}"),
-                _cell(f"{c['patients']:,}"),
-            ]
-        cls = ' class="total"' if part == "TOTAL" else ""
-        rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    return f'<div class="tw"><table>{head}<tbody>{"".join(rows)}</tbody></table></div>'
+            share = None if c is None else percent(c["abnormal_images"], _images(c))
+            cells.append(None if c is None else {**c, "abnormal_share": share})
+        rows.append((part, cells))
+    return DatasetTable(splits, columns, rows)
+
+
+def _images(counts: dict[str, int]) -> int:
+    return counts["normal_images"] + counts["abnormal_images"]
+
+
+def _dataset_section(
+    model: ModelInfo, data_root: Path | None, evaluations: Sequence[Evaluation]
+) -> DatasetSection | Missing:
+    from murakit.data.index import DatasetError, load_index
+    from murakit.data.stats import dataset_stats
+
+    # The folder asked for, else the one trained on, else the one evaluated on.
+    candidates = [data_root, model.config.data if model.config else None]
+    candidates += [(e.metrics or {}).get("data") for e in evaluations]
+    root = next((Path(c).expanduser() for c in candidates if c), None)
+    if root is None:
+        return Missing("No dataset folder known (the config names none)", _hint(HINT_DATA, model))
+    if not root.is_dir():
+        return Missing(
+            f"Dataset folder {root} is not available on this machine", _hint(HINT_DATA, model)
+        )
+    try:
+        index = load_index(root, skip_bad=True)
+    except (DatasetError, OSError) as err:
+        return Missing(f"Dataset folder {root} cannot be indexed: {err}")
+    return DatasetSection(
+        name=index.info.name,
+        root=str(index.root),
+        classes=tuple(index.info.classes),
+        licence=index.info.licence or "not stated",
+        credit=index.info.credit or "",
+        table=dataset_table(dataset_stats(index.images), index.info.classes),
+        skipped=len(index.skipped),
+    )
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class EpochTable:
+    """A member's metrics.csv: the columns it has, formatted."""
+
+    name: str
+    headers: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Curve:
+    """One loss-curve figure: the member and its picture (None when there is none)."""
+
+    member: Member
+    uri: str | None
+
+
+@dataclass
+class TrainingSection:
+    ensemble: bool
+    members: list[Member]
+    selection: str | None
+    trained: bool  # any member with metrics
+    command: str  # to train when nothing is trained yet
+    kept_curves: list[Curve]  # for a single run: its one curve
+    other_curves: list[Curve]
+    epochs: list[EpochTable]
+
+
+_EPOCH_COLUMNS = (
+    ("epoch", "epoch", lambda v: fmt_int(int(v))),
+    ("train_loss", "train loss", lambda v: fmt_num(v, 4)),
+    ("val_loss", "val loss", lambda v: fmt_num(v, 4)),
+    ("val_image_accuracy", "val image acc.", fmt_pct),
+    ("val_study_accuracy", "val study acc.", fmt_pct),
+    ("val_study_kappa", "val study κ", fmt_num),
+    ("lr", "lr", lambda v: "–" if is_missing(v) else f"{v:.2g}"),
+    ("seconds", "seconds", lambda v: fmt_num(v, 0)),
+    ("img_per_s", "img/s", lambda v: fmt_num(v, 1)),
+)
+
+
+def epoch_table(name: str, history: Sequence[dict[str, float]]) -> EpochTable:
+    columns = [c for c in _EPOCH_COLUMNS if any(c[0] in row for row in history)]
+    rows = [[f(row[k]) if k in row else "–" for k, _, f in columns] for row in history]
+    return EpochTable(name, [label for _, label, _ in columns], rows)
 
 
 def _loss_curve_uri(member: Member) -> str | None:
@@ -571,182 +487,102 @@ def _loss_curve_uri(member: Member) -> str | None:
         return image_uri(path)
 
 
-def member_table(members: Sequence[Member], show_kept: bool = True) -> str:
-    """The reference report's table: one row per member, sorted by validation loss; losses
-    and accuracies at each member's best epoch. `show_kept` is off for a single run."""
-    headers = [
-        ("member", ""),
-        ("epochs", "n"),
-        ("best epoch", "n"),
-        ("train loss", "n"),
-        ("val loss", "n"),
-        ("val image accuracy", "n"),
-        ("val study accuracy", "n"),
-    ]
-    head = _thead(headers + [("kept", "c")] if show_kept else headers)
-    rows = []
-    for m in members:
-        cells = [
-            _cell(esc(m.name), ""),
-            _cell(fmt_int(m.epochs)),
-            _cell(fmt_int(m.best_epoch)),
-            _cell(fmt_num(m.train_loss, 4)),
-            _cell(fmt_num(m.val_loss, 4)),
-            _cell(fmt_pct(m.val_accuracy)),
-            _cell(fmt_pct(m.val_study_accuracy)),
-        ]
-        if show_kept:
-            cells.append(_cell('<span class="tick" title="kept">✓</span>' if m.kept else "", "c"))
-        cls = ' class="kept"' if m.kept and show_kept else ""
-        rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    return f'<div class="tw"><table>{head}<tbody>{"".join(rows)}</tbody></table></div>'
-
-
-def _epoch_table(history: Sequence[dict[str, float]]) -> str:
-    columns = [
-        ("epoch", "epoch", lambda v: fmt_int(int(v))),
-        ("train_loss", "train loss", lambda v: fmt_num(v, 4)),
-        ("val_loss", "val loss", lambda v: fmt_num(v, 4)),
-        ("val_image_accuracy", "val image acc.", fmt_pct),
-        ("val_study_accuracy", "val study acc.", fmt_pct),
-        ("val_study_kappa", "val study κ", fmt_num),
-        ("lr", "lr", lambda v: "–" if _missing(v) else f"{v:.2g}"),
-        ("seconds", "seconds", lambda v: fmt_num(v, 0)),
-        ("img_per_s", "img/s", lambda v: fmt_num(v, 1)),
-    ]
-    columns = [c for c in columns if any(c[0] in row for row in history)]
-    head = _thead([(label, "n") for _, label, _ in columns])
-    rows = "".join(
-        "<tr>"
-        + "".join(_cell(esc(f(row[k])) if k in row else "–") for k, _, f in columns)
-        + "</tr>"
-        for row in history
-    )
-    return f'<div class="tw"><table>{head}<tbody>{rows}</tbody></table></div>'
-
-
-def _training_section(model: ModelInfo) -> str:
+def _training_section(model: ModelInfo) -> TrainingSection | Missing:
     if not model.members:
-        return _section("training", "Training", _missing_box(f"{ENSEMBLE_FILE} lists no members"))
-    parts = []
-    if model.kind == "ensemble":
-        kept = sum(m.kept for m in model.members)
-        parts.append(
-            f'<p class="note">{len(model.members)} members trained, {kept} kept '
-            f"({esc(model.selection or 'selection not recorded')}); sorted by "
-            "validation loss at each member's best epoch. Green: kept.</p>"
-        )
-    trained = [m for m in model.members if m.history or m.val_loss is not None]
-    if not trained:
-        parts.append(
-            _missing_box("No training metrics yet (no metrics.csv)", _hint(HINT_TRAIN, model))
-        )
-        return _section("training", "Training", "".join(parts))
+        return Missing(f"{ENSEMBLE_FILE} lists no members")
     ensemble = model.kind == "ensemble"
-    parts.append(member_table(model.members, show_kept=ensemble))
-    parts.append("<h3>Loss curves</h3>" if ensemble else "<h3>Loss curve</h3>")
-    if not ensemble:
-        parts.append(f'<div class="curves single">{_curve_figure(model.members[0], False)}</div>')
-    else:
-        # Kept members' curves in view; the rest one click away (15 curves bury the page).
-        kept = "".join(_curve_figure(m, True) for m in model.members if m.kept)
-        others = [m for m in model.members if not m.kept]
-        parts.append(f'<div class="curves">{kept}</div>')
-        if others:
-            rest = "".join(_curve_figure(m, True) for m in others)
-            parts.append(
-                f"<details><summary>Loss curves of the {len(others)} "
-                f"member{'s' if len(others) > 1 else ''} not kept"
-                f'</summary><div class="curves">{rest}</div></details>'
-            )
-    details = "".join(
-        f"<h4>{esc(m.name)}</h4>{_epoch_table(m.history)}" for m in model.members if m.history
-    )
-    if details:
-        is_open = "" if ensemble else " open"
-        parts.append(f"<details{is_open}><summary>Per-epoch metrics</summary>{details}</details>")
-    return _section("training", "Training", "".join(parts))
+    trained = any(m.history or m.val_loss is not None for m in model.members)
 
+    def curves(members: Iterable[Member]) -> list[Curve]:
+        return [Curve(m, _loss_curve_uri(m)) for m in members] if trained else []
 
-def _curve_figure(member: Member, show_kept: bool) -> str:
-    uri = _loss_curve_uri(member)
-    caption = esc(member.name)
-    if show_kept and member.kept:
-        caption += ' <span class="tick">✓ kept</span>'
-    if member.val_loss is not None:
-        caption += (
-            f" · best epoch {fmt_int(member.best_epoch)}, val loss {fmt_num(member.val_loss, 4)}"
-        )
-    cls = ' class="kept"' if show_kept and member.kept else ""
-    return (
-        f"<figure{cls}>{_img(uri, f'loss curve of {member.name}', 'no loss curve')}"
-        f"<figcaption>{caption}</figcaption></figure>"
+    # Kept members' curves in view; the rest one click away (15 curves bury the page).
+    shown = [m for m in model.members if m.kept] if ensemble else model.members[:1]
+    return TrainingSection(
+        ensemble=ensemble,
+        members=model.members,
+        selection=model.selection,
+        trained=trained,
+        command=_hint(HINT_TRAIN, model),
+        kept_curves=curves(shown),
+        other_curves=curves(m for m in model.members if not m.kept) if ensemble else [],
+        epochs=[epoch_table(m.name, m.history) for m in model.members if m.history],
     )
 
 
-def part_table(metrics: dict[str, Any], positive: str = "abnormal") -> str:
-    """Per body part then TOTAL; the reference report's accuracy only on real MURA valid."""
-    from murakit.evaluate.outputs import REFERENCE_STUDY_ACCURACY
+# ---------------------------------------------------------------- results
 
+
+@dataclass
+class PartRow:
+    """One row of the per-part table: a body part (or TOTAL) and its metrics group."""
+
+    name: str
+    group: dict[str, Any]
+    reference: float | None = None  # the reference report's study accuracy (real MURA only)
+
+    @property
+    def delta(self) -> float | None:
+        """Our study accuracy minus the reference report's, in percentage points."""
+        acc = self.group.get("study_accuracy")
+        if self.reference is None or is_missing(acc):
+            return None
+        return 100 * (acc - self.reference)
+
+
+@dataclass
+class PartTable:
+    """Per body part then TOTAL; the reference report's column only on real MURA valid."""
+
+    positive: str
+    reference: bool
+    rows: list[PartRow]
+
+
+def part_table(metrics: dict[str, Any], positive: str = "abnormal") -> PartTable:
     reference = REFERENCE_STUDY_ACCURACY if looks_like_mura_valid(metrics) else None
-    headers = [("part", ""), ("studies", "n"), (positive, "n"), ("study accuracy", "n")]
-    if reference:
-        headers += [("reference report", "n"), ("Δ (points)", "n")]
-    headers += [
-        ("κ [95% CI]", "n"),
-        ("AUROC", "n"),
-        ("sensitivity", "n"),
-        ("specificity", "n"),
-        ("images", "n"),
-        ("image accuracy", "n"),
-    ]
     groups = [*sorted(metrics.get("by_part", {}).items()), ("TOTAL", metrics["overall"])]
-    rows = []
-    for name, g in groups:
-        cells = [
-            _cell(esc(name), ""),
-            _cell(fmt_int(g.get("n_studies"))),
-            _cell(fmt_int(g.get("n_abnormal_studies"))),
-            _cell(fmt_pct(g.get("study_accuracy"))),
-        ]
-        if reference:
-            ref = reference.get(name)
-            acc = g.get("study_accuracy")
-            delta = "–"
-            if ref is not None and not _missing(acc):
-                pts = 100 * (acc - ref)
-                delta = f'<span class="{"up" if pts >= 0 else "down"}">{pts:+.1f}</span>'
-            cells += [_cell(fmt_pct(ref)), _cell(delta)]
-        cells += [
-            _cell(esc(fmt_kappa(g))),
-            _cell(fmt_num(g.get("auroc")) + _ci_text(g.get("auroc_ci"))),
-            _cell(fmt_pct(g.get("sensitivity"))),
-            _cell(fmt_pct(g.get("specificity"))),
-            _cell(fmt_int(g.get("n_images"))),
-            _cell(fmt_pct(g.get("image_accuracy"))),
-        ]
-        cls = ' class="total"' if name == "TOTAL" else ""
-        rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    return f'<div class="tw"><table>{_thead(headers)}<tbody>{"".join(rows)}</tbody></table></div>'
+    rows = [PartRow(name, g, reference.get(name) if reference else None) for name, g in groups]
+    return PartTable(positive, reference is not None, rows)
 
 
-def _evaluation_note(ev: Evaluation) -> str:
-    """How the numbers were made, from what metrics.json records about its own run."""
-    m = ev.metrics or {}
-    source = ""
-    if m.get("split") or m.get("data"):
-        source = f"Split <b>{esc(m.get('split', '?'))}</b>"
-        source += f" of <code>{esc(m['data'])}</code>. " if m.get("data") else ". "
-    aggregation = esc(m.get("aggregation", "mean"))
-    tta = " (with horizontal-flip test-time augmentation)" if m.get("tta_flip") else ""
-    return (
-        f"{source}A study's probability is the {aggregation} of its images'{tta}; it is called "
-        f"{esc(ev.classes[1])} when ≥ {ev.threshold:g}"
-        f"{esc(_threshold_origin(m))}. κ: Cohen's kappa with a 95% bootstrap interval."
-    )
+@dataclass
+class Confusion:
+    """The study confusion matrix in the numbers its sentences need."""
+
+    tn: int
+    fp: int
+    fn: int
+    tp: int
+    classes: tuple[str, str]
+
+    @property
+    def n_negative(self) -> int:
+        return self.tn + self.fp
+
+    @property
+    def n_positive(self) -> int:
+        return self.fn + self.tp
 
 
-def _evaluation_block(ev: Evaluation) -> str:
+@dataclass
+class EvaluationBlock:
+    name: str
+    notes: list[str]
+    metrics: dict[str, Any] | None  # None: metrics.json missing or without "overall"
+    metrics_path: str
+    positive: str
+    threshold: float
+    parts: PartTable | None
+    mura_valid: bool
+    predictions_path: str
+    has_studies: bool
+    roc_uri: str | None = None
+    confusion_uri: str | None = None
+    confusion: Confusion | None = None
+
+
+def _evaluation_block(ev: Evaluation) -> EvaluationBlock:
     from murakit.report.figures import (
         confusion_counts,
         confusion_figure,
@@ -755,86 +591,29 @@ def _evaluation_block(ev: Evaluation) -> str:
         roc_figure,
     )
 
-    parts = [f"<h3>{esc(ev.name)}</h3>"]
-    parts += [f'<p class="missing">{esc(n)}</p>' for n in ev.notes]
-    if ev.metrics is not None and "overall" in ev.metrics:
-        parts.append(f'<p class="note">{_evaluation_note(ev)}</p>')
-        parts.append(part_table(ev.metrics, ev.classes[1]))
-        if looks_like_mura_valid(ev.metrics):
-            parts.append(
-                f'<p class="note">MURA paper baseline (DenseNet-169 ensemble): κ '
-                f"{MURA_PAPER_KAPPA:.3f}, AUROC {MURA_PAPER_AUROC:.3f}.</p>"
-            )
-    else:
-        parts.append(_missing_box(f"{ev.path / 'metrics.json'} is missing"))
-    if ev.studies is None or not ev.studies.keys:
-        parts.append(
-            _missing_box(
-                f"{ev.path / 'study_predictions.csv'} is missing: no ROC curves or confusion matrix"
-            )
-        )
-        return "".join(parts)
-    figures = []
+    metrics = ev.metrics if ev.scored else None
+    block = EvaluationBlock(
+        name=ev.name,
+        notes=ev.notes,
+        metrics=metrics,
+        metrics_path=str(ev.path / "metrics.json"),
+        positive=ev.classes[1],
+        threshold=ev.threshold,
+        parts=part_table(metrics, ev.classes[1]) if metrics else None,
+        mura_valid=bool(metrics) and looks_like_mura_valid(metrics),
+        predictions_path=str(ev.path / "study_predictions.csv"),
+        has_studies=ev.studies is not None and bool(ev.studies.keys),
+    )
+    if not block.has_studies:
+        return block
     curves = roc_curves(ev.studies.labels, ev.studies.probs, ev.studies.parts)
     if curves:
-        uri = data_uri(figure_png(roc_figure(curves)))
-        figures.append(
-            f'<figure class="roc"><img src="{uri}" alt="ROC curves"><figcaption>'
-            "Study-level ROC curves; AUC and study counts in the legends."
-            "</figcaption></figure>"
-        )
-    else:
-        figures.append(_missing_box("ROC curves need studies of both classes"))
+        block.roc_uri = png_data_uri(figure_png(roc_figure(curves)))
     counts = confusion_counts(ev.studies.labels, ev.studies.predictions)
-    uri = data_uri(figure_png(confusion_figure(counts)))
-    figures.append(
-        f'<div class="cmrow"><figure class="cm"><img src="{uri}" '
-        'alt="confusion matrix"><figcaption>Rows: true class; diagonal: specificity, '
-        f"sensitivity.</figcaption></figure>{_confusion_words(counts, ev.classes)}</div>"
-    )
-    parts.append("".join(figures))
-    return "".join(parts)
-
-
-def _ci_text(ci: Sequence[float] | None) -> str:
-    return f' <span class="ci">[{fmt_num(ci[0])}, {fmt_num(ci[1])}]</span>' if ci else ""
-
-
-def _threshold_origin(metrics: dict[str, Any]) -> str:
-    """Where the threshold came from, when the model stored one with its rule."""
-    rule = metrics.get("threshold_rule")
-    return f" ({rule})" if rule else ""
-
-
-def _confusion_words(counts, classes: Sequence[str] = ("normal", "abnormal")) -> str:
-    """The confusion matrix in sentences: what a clinician asks of it."""
+    block.confusion_uri = png_data_uri(figure_png(confusion_figure(counts)))
     (tn, fp), (fn, tp) = (int(v) for v in counts[0]), (int(v) for v in counts[1])
-    normal, abnormal = tn + fp, fn + tp
-    negative, positive = (esc(c) for c in classes)
-    items = [
-        f"<b>{tp:,}</b> of {abnormal:,} {positive} studies found ({fmt_pct(tp / abnormal)} "
-        f"sensitivity); <b>{fn:,}</b> missed."
-        if abnormal
-        else f"No {positive} studies.",
-        f"<b>{tn:,}</b> of {normal:,} {negative} studies cleared ({fmt_pct(tn / normal)} "
-        f"specificity); <b>{fp:,}</b> false alarms."
-        if normal
-        else f"No {negative} studies.",
-    ]
-    if tp + fp:
-        items.append(
-            f"Of {tp + fp:,} studies called {positive}, {fmt_pct(tp / (tp + fp))} are "
-            "(positive predictive value)."
-        )
-    return '<ul class="words">' + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
-
-
-def _results_section(model: ModelInfo, evaluations: list[Evaluation]) -> str:
-    if not evaluations:
-        body = _missing_box("No evaluation yet", _hint(HINT_EVALUATE, model))
-    else:
-        body = "".join(_evaluation_block(ev) for ev in evaluations)
-    return _section("results", "Results", body)
+    block.confusion = Confusion(tn, fp, fn, tp, tuple(ev.classes))
+    return block
 
 
 # ---------------------------------------------------------------- CAM gallery
@@ -921,32 +700,45 @@ def _one_per_study(items: Iterable[CamItem]) -> list[CamItem]:
     return out
 
 
-def _gallery_figure(item: CamItem, threshold: float) -> str:
-    """Probability, and for mistakes what kind: an abnormal study missed or a false alarm."""
-    correct = item.correct(threshold)
-    badge = ""
-    if correct is False:
-        badge = f'<span class="badge">{"missed" if item.label == 1 else "false alarm"}</span>'
-    elif item.label is None:
-        badge = " · label unknown"
-    uri = image_uri(item.png, THUMB_SIDE)
-    cls = ' class="error"' if correct is False else ""
-    key = "/<wbr>".join(esc(piece) for piece in item.study.split("/"))
-    return (
-        f"<figure{cls}>{_img(uri, f'CAM of {item.image}', f'cannot read {item.png.name}')}"
-        f"<figcaption><b>p = {item.probability:.3f}</b>{badge}<br>"
-        f'<span class="key">{key}</span></figcaption></figure>'
-    )
+@dataclass
+class GalleryFigure:
+    """A CAM thumbnail with its probability and, for mistakes, what kind."""
+
+    item: CamItem
+    uri: str | None
+    error: str | None  # "missed" (abnormal called normal), "false alarm", or None
+
+    @property
+    def key_parts(self) -> list[str]:
+        return self.item.study.split("/")
 
 
-def _cams_section(model: ModelInfo, evaluations: list[Evaluation]) -> str:
+@dataclass
+class GalleryGroup:
+    title: str
+    figures: list[GalleryFigure]
+    n_studies: int | None  # None for the studies without a known label
+
+
+@dataclass
+class CamSection:
+    positive: str
+    threshold: float
+    failed: int
+    groups: list[GalleryGroup]
+
+
+def _gallery_figure(item: CamItem, threshold: float) -> GalleryFigure:
+    error = None
+    if item.correct(threshold) is False:
+        error = "missed" if item.label == 1 else "false alarm"
+    return GalleryFigure(item, image_uri(item.png, THUMB_SIDE), error)
+
+
+def _cams_section(model: ModelInfo, evaluations: list[Evaluation]) -> CamSection | Missing:
     cams_dir = model.path / CAMS_DIR
     if not (cams_dir / "cams.csv").exists():
-        return _section(
-            "cams",
-            "Class activation maps",
-            _missing_box("No CAM gallery yet", _hint(HINT_CAMS, model)),
-        )
+        return Missing("No CAM gallery yet", _hint(HINT_CAMS, model))
     labelled = next((e for e in evaluations if e.studies is not None), None)
     labels = (
         {k: int(v) for k, v in zip(labelled.studies.keys, labelled.studies.labels, strict=True)}
@@ -958,58 +750,33 @@ def _cams_section(model: ModelInfo, evaluations: list[Evaluation]) -> str:
     try:
         items, failed = read_cams(cams_dir, labels)
     except (OSError, ValueError, KeyError) as err:
-        return _section(
-            "cams",
-            "Class activation maps",
-            _missing_box(f"{cams_dir / 'cams.csv'} cannot be read: {err}"),
-        )
-    body = [
-        f'<p class="note">Where the network looks: last-layer activations weighted by the '
-        f"classifier. Most confident correct studies first, then mistakes (red border); p is "
-        f"the predicted probability of {esc(positive)} (threshold {threshold:g}).</p>"
-    ]
-    if failed:
-        body.append(
-            f'<p class="note">{failed:,} image{"s" if failed != 1 else ""} in cams.csv could '
-            "not be read (see its error column).</p>"
-        )
-    for label, title in (
-        (1, f"{positive.capitalize()} studies"),
-        (0, f"{negative.capitalize()} studies"),
-    ):
+        return Missing(f"{cams_dir / 'cams.csv'} cannot be read: {err}")
+    groups = []
+    for label, name in ((1, positive), (0, negative)):
         chosen = pick_gallery(items, label, threshold)
         n_studies = len({i.study for i in items if i.label == label})
-        body.append(f"<h3>{esc(title)} ({len(chosen)} of {n_studies})</h3>")
-        if chosen:
-            figs = "".join(_gallery_figure(i, threshold) for i in chosen)
-            body.append(f'<div class="gallery">{figs}</div>')
-        else:
-            body.append(f'<p class="note">No {esc(title.lower())} among the CAMs.</p>')
+        figures = [_gallery_figure(i, threshold) for i in chosen]
+        groups.append(GalleryGroup(f"{name.capitalize()} studies", figures, n_studies))
     unknown = [i for i in items if i.label is None][:GALLERY_SIZE]
     if unknown:
-        figs = "".join(_gallery_figure(i, threshold) for i in unknown)
-        body.append(
-            f"<h3>Studies without a known label ({len(unknown)})</h3>"
-            f'<div class="gallery">{figs}</div>'
-        )
-    return _section("cams", "Class activation maps", "".join(body))
-
-
-def _augment_section(model: ModelInfo) -> str:
-    path = model.path / AUGMENT_PREVIEW
-    if not path.exists():
-        body = _missing_box(f"No augmentation preview ({AUGMENT_PREVIEW} not found)")
-    else:
-        uri = image_uri(path)
-        body = (
-            f'<figure class="preview">{_img(uri, "augmentation preview", "unreadable")}'
-            "<figcaption>Training images as the network sees them after augmentation."
-            "</figcaption></figure>"
-        )
-    return _section("augmentation", "Augmentation", body)
+        figures = [_gallery_figure(i, threshold) for i in unknown]
+        groups.append(GalleryGroup("Studies without a known label", figures, None))
+    return CamSection(positive, threshold, failed, groups)
 
 
 # ---------------------------------------------------------------- the page
+
+
+@dataclass
+class Augmentation:
+    uri: str | None
+
+
+def _augment_section(model: ModelInfo) -> Augmentation | Missing:
+    path = model.path / AUGMENT_PREVIEW
+    if not path.exists():
+        return Missing(f"No augmentation preview ({AUGMENT_PREVIEW} not found)")
+    return Augmentation(image_uri(path))
 
 
 def render_report(model_dir: Path, *, data_root: Path | None = None) -> str:
@@ -1019,25 +786,20 @@ def render_report(model_dir: Path, *, data_root: Path | None = None) -> str:
         raise ReportError(f"{model_dir}: model folder not found")
     model = read_model(model_dir)
     evaluations = find_evaluations(model_dir)
-    notes = "".join(f'<p class="missing">{esc(n)}</p>' for n in model.notes)
-    body = "".join(
-        [
-            _header(model, evaluations),
-            notes,
-            _dataset_section(model, data_root, evaluations),
-            _training_section(model),
-            _results_section(model, evaluations),
-            _cams_section(model, evaluations),
-            _augment_section(model),
-        ]
-    )
-    title = f"murakit report: {model_dir.resolve().name}"
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>{body}"
-        "<footer>Written by murakit; self-contained (no network needed to view).</footer>"
-        "</main></body></html>\n"
+    header = _header(model)
+    return render(
+        "report.html.j2",
+        title=header.title,
+        header=header,
+        headline=_headline(model, evaluations),
+        notes=model.notes,
+        dataset=_dataset_section(model, data_root, evaluations),
+        training=_training_section(model),
+        results=[_evaluation_block(ev) for ev in evaluations],
+        no_results=Missing("No evaluation yet", _hint(HINT_EVALUATE, model)),
+        cams=_cams_section(model, evaluations),
+        augmentation=_augment_section(model),
+        paper={"kappa": MURA_PAPER_KAPPA, "auroc": MURA_PAPER_AUROC},
     )
 
 
