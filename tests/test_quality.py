@@ -254,8 +254,15 @@ def _audit_records(synth, tmp_path):
 
 
 def test_audit_writes_csv_and_page(synth, tmp_path):
+    """The data layer writes audit.csv; the report layer the page beside it (as `murakit
+    audit` does)."""
+    from murakit.report.audit_page import AUDIT_PAGE, write_audit_page
+
     records, original = _audit_records(synth, tmp_path)
     result = q.audit(records, tmp_path / "audit", workers=2)
+    assert result.csv_path == tmp_path / "audit" / "audit.csv"
+    html_path = write_audit_page(tmp_path / "audit" / AUDIT_PAGE, result.checks, result.summary)
+    assert sorted(p.name for p in (tmp_path / "audit").iterdir()) == ["audit.csv", "audit.html"]
 
     with open(result.csv_path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
@@ -277,13 +284,22 @@ def test_audit_writes_csv_and_page(synth, tmp_path):
     assert total["inverted"] == sum(row["inverted"] == "1" for row in rows.values())
     assert list(result.summary)[-1] == "TOTAL"
 
-    page = result.html_path.read_text(encoding="utf-8")
+    page = html_path.read_text(encoding="utf-8")
     for rel, row in rows.items():
         if row["inverted"] == "1" or row["multi_panel"] == "1" or row["problems"]:
             assert html.escape(rel) in page
     assert "<b>&amp;" not in page and html.escape(odd_rel) in page
     assert "data:image/png;base64," in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_audit_writes_nothing_unless_asked(synth, tmp_path, monkeypatch):
+    records = synth[2][:5]
+    monkeypatch.chdir(tmp_path)
+    result = q.audit(records, workers=1)
+    assert result.csv_path is None and list(tmp_path.iterdir()) == []
+    assert [c.rel for c in result.checks] == [r.rel for r in records]
+    assert result.summary["TOTAL"]["images"] == 5
 
 
 def test_audit_page_caps_thumbnails_per_group(synth, tmp_path):

@@ -846,6 +846,7 @@ def audit(
     """Flag inverted images, letter markers, multi-radiograph images and technical problems."""
     from murakit.data.index import SPLITS, DatasetError, load_index
     from murakit.data.quality import audit as run_audit
+    from murakit.report.audit_page import AUDIT_PAGE, write_audit_page
 
     try:
         index = load_index(root, split or SPLITS, skip_bad=True)
@@ -860,6 +861,7 @@ def audit(
             workers,
             progress=lambda done, total: bar.update(task, completed=done),
         )
+    html_path = write_audit_page(out / AUDIT_PAGE, result.checks, result.summary)
     table = Table(title="flagged images per body part")
     columns = list(next(iter(result.summary.values())).keys()) if result.summary else []
     table.add_column("part", no_wrap=True)
@@ -870,7 +872,7 @@ def audit(
     console.print(table)
     for message in index.skipped:
         console.print(f"[yellow]index problem:[/] {message}", highlight=False)
-    console.print(f"wrote {result.csv_path} and {result.html_path}")
+    console.print(f"wrote {result.csv_path} and {html_path}")
 
 
 @app.command()

@@ -1033,6 +1033,7 @@ LEADING_COLUMNS = (
 EXTRA_COLUMNS = ("marker_boxes", "panel_split", "part", "split", "label", "width", "height")
 PROBLEM_KINDS = ("undecodable", "tiny", "blank", "duplicate")
 FLAGS = ("inverted", "marker", "multi_panel")
+AUDIT_CSV = "audit.csv"
 
 
 @dataclass
@@ -1128,12 +1129,13 @@ def _mark_duplicates(checks: Sequence[ImageCheck]) -> None:
 
 @dataclass
 class AuditResult:
-    """What :func:`audit` found: per-image checks, per-part counts and the files written."""
+    """What :func:`audit` found: per-image checks, per-part counts, and audit.csv's path when
+    it was asked to write one (the HTML page is the report layer's:
+    :func:`murakit.report.audit_page.write_audit_page`)."""
 
     checks: list[ImageCheck]
     summary: dict[str, dict[str, int]]  # part (and "TOTAL") -> {"images", flag/problem: count}
-    csv_path: Path
-    html_path: Path
+    csv_path: Path | None = None
 
 
 def summarize(checks: Iterable[ImageCheck]) -> dict[str, dict[str, int]]:
@@ -1184,20 +1186,18 @@ def run_checks(
 
 def audit(
     index_images: Sequence[ImageRecord],
-    out_dir: Path,
+    out_dir: Path | None = None,
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> AuditResult:
-    """Check every image, write out_dir/audit.csv and out_dir/audit.html, count per part.
+    """Check every image and count flags per part; with `out_dir`, also write
+    out_dir/audit.csv (nothing is written without it).
 
     `progress(done, total)` is called after each image.
     """
-    from murakit.report.audit_page import write_audit_page
-
-    out_dir = Path(out_dir)
     checks = run_checks(index_images, workers, progress)
-    csv_path, html_path = out_dir / "audit.csv", out_dir / "audit.html"
-    write_audit_csv(csv_path, checks)
-    summary = summarize(checks)
-    write_audit_page(html_path, checks, summary)
-    return AuditResult(checks, summary, csv_path, html_path)
+    csv_path = None
+    if out_dir is not None:
+        csv_path = Path(out_dir) / AUDIT_CSV
+        write_audit_csv(csv_path, checks)
+    return AuditResult(checks, summarize(checks), csv_path)
