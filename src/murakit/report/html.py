@@ -36,7 +36,7 @@ from murakit.evaluate.outputs import (
 )
 from murakit.fsutil import atomic_write_text
 from murakit.infer.ensemble_spec import ENSEMBLE_FILE, member_run_dir, read_ensemble_spec
-from murakit.report.formatting import fmt_int, fmt_kappa, fmt_num, fmt_pct, is_missing
+from murakit.report.formatting import fmt_int, fmt_kappa, fmt_lr, fmt_num, fmt_pct, is_missing
 from murakit.report.images import image_uri, png_data_uri
 from murakit.report.templating import Missing, render
 from murakit.train.history import read_history
@@ -461,7 +461,7 @@ _EPOCH_COLUMNS = (
     ("val_image_accuracy", "val image acc.", fmt_pct),
     ("val_study_accuracy", "val study acc.", fmt_pct),
     ("val_study_kappa", "val study κ", fmt_num),
-    ("lr", "lr", lambda v: "–" if is_missing(v) else f"{v:.2g}"),
+    ("lr", "lr", fmt_lr),
     ("seconds", "seconds", lambda v: fmt_num(v, 0)),
     ("img_per_s", "img/s", lambda v: fmt_num(v, 1)),
 )
