@@ -29,7 +29,6 @@ from murakit.evaluate.outputs import (
     IMAGE_COLUMNS,
     REFERENCE_STUDY_ACCURACY,
     STUDY_COLUMNS,
-    format_part_table,
     read_image_predictions,
     read_metrics_json,
     read_study_predictions,
@@ -335,7 +334,9 @@ def test_read_study_predictions_rejects_wrong_header(tmp_path):
         read_study_predictions(path)
 
 
-def test_format_part_table():
+def test_part_table():
+    from murakit.cli import part_table as format_part_table
+
     *_, metrics = evaluate_fake()
 
     def render(table) -> str:

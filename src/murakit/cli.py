@@ -631,6 +631,20 @@ def _print_members(members, out: Path) -> None:
     console.print(f"wrote {out / 'ensemble.json'} and {out / 'members.csv'}")
 
 
+def part_table(metrics: dict, reference: dict | None = None, title: str | None = None) -> Table:
+    """The per-part results table (:func:`murakit.evaluate.outputs.part_table`), a rule
+    above TOTAL."""
+    from murakit.evaluate.outputs import part_table as table_cells
+
+    columns, rows = table_cells(metrics, reference)
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for i, cells in enumerate(rows):
+        table.add_row(*cells, end_section=i == len(rows) - 2)
+    return table
+
+
 ModelOpt = Annotated[
     Path, typer.Option("--model", "-m", help="An ensemble directory or a run directory.")
 ]
@@ -670,11 +684,7 @@ def evaluate(
 
     On an imported dataset whose truth.csv flags orthopaedic hardware (FracAtlas), the figures
     are also given with and without hardware: a model can score by finding plates."""
-    from murakit.evaluate.outputs import (
-        REFERENCE_STUDY_ACCURACY,
-        format_part_table,
-        looks_like_mura_valid,
-    )
+    from murakit.evaluate.outputs import REFERENCE_STUDY_ACCURACY, looks_like_mura_valid
     from murakit.evaluation import evaluate_model
     from murakit.infer.model import ModelDirError
 
@@ -704,7 +714,7 @@ def evaluate(
     reference = REFERENCE_STUDY_ACCURACY if looks_like_mura_valid(result.metrics) else None
     dataset = result.metrics["dataset"]
     console.print(
-        format_part_table(
+        part_table(
             result.metrics,
             reference,
             title=f"{dataset['name']} {split}: study-level results ({model}); positive = "
@@ -712,7 +722,7 @@ def evaluate(
         )
     )
     for name, group in result.metrics.get("subgroups", {}).items():
-        console.print(format_part_table(group, title=f"shortcut check: {name} only"))
+        console.print(part_table(group, title=f"shortcut check: {name} only"))
     for message in result.skipped:
         console.print(f"[yellow]skipped:[/] {message}", highlight=False)
     console.print(

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.table import Table
 
 from murakit.data.index import ImageRecord
+from murakit.evaluate.formatting import DASH, fmt_ci, fmt_kappa, fmt_num, fmt_pct
 from murakit.fsutil import atomic_open, atomic_write_json
 
 IMAGE_COLUMNS = ("image", "study", "part", "label", "probability")
@@ -183,62 +183,35 @@ def read_metrics_json(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _kappa_text(group: dict[str, Any]) -> str:
-    text = _num(group.get("kappa"))
-    ci = group.get("kappa_ci")
-    return text if ci is None else f"{text} [{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
-def _auroc_text(group: dict[str, Any]) -> str:
-    text = _num(group.get("auroc"))
-    ci = group.get("auroc_ci")
-    return text if ci is None else f"{text} [{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
-def format_part_table(
-    metrics: dict[str, Any], reference: dict[str, float] | None = None, title: str | None = None
-) -> Table:
-    """Per body part then TOTAL: study accuracy (vs the reference report's when given),
-    kappa with 95% CI, AUROC, sensitivity, specificity, and study count.
+def part_table(
+    metrics: dict[str, Any], reference: dict[str, float] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """(column names, rows of text): per body part then TOTAL, study accuracy (vs the reference
+    report's when given), kappa with 95% CI, AUROC, sensitivity, specificity, study count.
 
     Pass reference=REFERENCE_STUDY_ACCURACY only for real MURA valid: it is meaningless
     on other data.
     """
-    table = Table(title=title)
-    table.add_column("part")
-    table.add_column("studies", justify="right")
-    table.add_column("study acc", justify="right")
+    columns = ["part", "studies", "study acc"]
     if reference is not None:
-        table.add_column("reference (report)", justify="right")
-        table.add_column("Δ (pts)", justify="right")
-    table.add_column("kappa [95% CI]", justify="right")
-    table.add_column("AUROC [95% CI]", justify="right")
-    table.add_column("sensitivity", justify="right")
-    table.add_column("specificity", justify="right")
-
-    rows = [*metrics["by_part"].items(), ("TOTAL", metrics["overall"])]
-    for i, (name, group) in enumerate(rows):
-        cells = [name, str(group["n_studies"]), _pct(group["study_accuracy"])]
+        columns += ["reference (report)", "Δ (pts)"]
+    columns += ["kappa [95% CI]", "AUROC [95% CI]", "sensitivity", "specificity"]
+    rows = []
+    for name, group in [*metrics["by_part"].items(), ("TOTAL", metrics["overall"])]:
+        cells = [name, str(group["n_studies"]), fmt_pct(group["study_accuracy"])]
         if reference is not None:
             ref = reference.get(name)
-            cells.append(_pct(ref))
-            cells.append("-" if ref is None else f"{100 * (group['study_accuracy'] - ref):+.1f}")
+            cells.append(fmt_pct(ref))
+            cells.append(DASH if ref is None else f"{100 * (group['study_accuracy'] - ref):+.1f}")
+        auroc, auroc_ci = fmt_num(group.get("auroc")), group.get("auroc_ci")
         cells += [
-            _kappa_text(group),
-            _auroc_text(group),
-            _pct(group["sensitivity"]),
-            _pct(group["specificity"]),
+            fmt_kappa(group),
+            f"{auroc} {fmt_ci(auroc_ci)}" if auroc_ci and auroc != DASH else auroc,
+            fmt_pct(group["sensitivity"]),
+            fmt_pct(group["specificity"]),
         ]
-        table.add_row(*cells, end_section=i == len(rows) - 2)  # a rule above TOTAL
-    return table
+        rows.append(cells)
+    return columns, rows
 
 
 MURA_VALID_STUDIES = 1199

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from murakit.config import TrainConfig
+from murakit.evaluate.formatting import fmt_int, fmt_kappa, fmt_lr, fmt_num, fmt_pct, is_missing
 from murakit.evaluate.outputs import (
     REFERENCE_STUDY_ACCURACY,
     looks_like_mura_valid,
@@ -36,7 +37,6 @@ from murakit.evaluate.outputs import (
 )
 from murakit.fsutil import atomic_write_text
 from murakit.infer.ensemble_spec import ENSEMBLE_FILE, member_run_dir, read_ensemble_spec
-from murakit.report.formatting import fmt_int, fmt_kappa, fmt_lr, fmt_num, fmt_pct, is_missing
 from murakit.report.images import image_uri, png_data_uri
 from murakit.report.templating import Missing, render
 from murakit.train.history import read_history

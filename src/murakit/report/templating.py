@@ -11,7 +11,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from murakit.report.formatting import fmt_ci, fmt_int, fmt_kappa, fmt_lr, fmt_num, fmt_pct, plural
+from murakit.evaluate.formatting import fmt_ci, fmt_int, fmt_kappa, fmt_lr, fmt_num, fmt_pct, plural
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""How numbers read in the report and the audit page: the templates' filters.
+"""How numbers read to a person: the report's and audit page's template filters and the
+command line's tables.
 
 Undefined values (None, NaN) read as an en dash everywhere, so a missing number never
 looks like a zero.
