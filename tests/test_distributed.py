@@ -126,29 +126,27 @@ def test_ddp_validation_equals_single_process_validation_of_the_saved_model(runs
     from murakit.data.dataset import RadiographDataset, RecordLoader
     from murakit.infer.runtime import make_runtime
     from murakit.model.densenet import build_model
-    from murakit.progress import progress_bar
     from murakit.train import distributed
-    from murakit.train.loop import _eval_transform, _load_records, _validate
+    from murakit.train.data import eval_transform, load_records
+    from murakit.train.loop import _validate
     from murakit.train.loss import sample_weights
 
     run = runs["ddp"]
     config = TrainConfig.load(run / "config.json")
-    train, valid, _ = _load_records(config, lambda *a, **k: None)
-    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    train, valid, _ = load_records(config, lambda *a, **k: None)
+    ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     runtime = make_runtime("cpu", config.bf16, config.channels_last)
     model = runtime.prepare_model(build_model(config.arch, config.dropout))
     model.load_state_dict(ckpt["model"])
-    valid_set = RadiographDataset(valid, _eval_transform(config), load=RecordLoader(config))
-    with progress_bar(disable=True) as bar:
-        val = _validate(
-            model,
-            valid_set,
-            sample_weights(valid, train, config.loss),
-            runtime,
-            config,
-            distributed.DistContext(),
-            bar,
-        )
+    valid_set = RadiographDataset(valid, eval_transform(config), load=RecordLoader(config))
+    val = _validate(
+        model,
+        valid_set,
+        sample_weights(valid, train, config.loss),
+        runtime,
+        config,
+        distributed.DistContext(),
+    )
     logged = _history(run)[-1]  # metrics.csv keeps 6 significant digits
     for key in ("val_loss", "val_image_accuracy", "val_study_accuracy", "val_study_kappa"):
         assert logged[key] == pytest.approx(val[key], rel=1e-5, abs=1e-6), key

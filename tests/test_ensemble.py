@@ -72,3 +72,20 @@ def test_rerun_retrains_nothing_and_select_agrees(ensemble):
     chosen = json.loads((ens.parent / "selected" / "ensemble.json").read_text())["members"]
     original = json.loads((ens / "ensemble.json").read_text())["members"]
     assert [(m["name"], m["kept"]) for m in chosen] == [(m["name"], m["kept"]) for m in original]
+
+
+def test_a_failed_member_process_is_named_with_its_log(tmp_path):
+    """Members in parallel run in their own (spawned) processes; one that fails is named in
+    the error with its train.log, which holds the reason."""
+    from murakit.config import make_config
+    from murakit.train.ensemble import train_ensemble
+
+    config = make_config("demo", data=str(tmp_path / "nowhere"), epochs=1, workers=0)
+    lines = []
+    with pytest.raises(RuntimeError, match="members failed") as failure:
+        train_ensemble(config, tmp_path / "ens", 2, 1, parallel=2, log=lines.append)
+    for name in ("member-00", "member-01"):
+        log = tmp_path / "ens" / "members" / name / "train.log"
+        assert f"{name} (exit 1; see {log})" in str(failure.value)
+        assert f"error: {tmp_path / 'nowhere'}: dataset folder not found" in log.read_text()
+    assert sum(line.startswith("starting member-0") for line in lines) == 2

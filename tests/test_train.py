@@ -4,6 +4,7 @@ the same result as an uninterrupted run, and the loss weights and sampler behave
 from __future__ import annotations
 
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -18,6 +19,8 @@ import torch
 from murakit.config import TrainConfig, make_config
 from murakit.data.dataset import EpochSampler
 from murakit.data.index import load_index
+from murakit.train import fit
+from murakit.train.callbacks import Callback, TextLog
 from murakit.train.loop import METRIC_COLUMNS, RunDirError, prepare_run_dir, train_run
 from murakit.train.loss import sample_weights
 
@@ -39,8 +42,8 @@ def assert_same_run(a: Path, b: Path) -> None:
     for row_a, row_b in zip(rows_a, rows_b, strict=True):
         for key in ("train_loss", "val_loss", "val_study_accuracy", "val_study_kappa"):
             assert float(row_a[key]) == pytest.approx(float(row_b[key]), rel=1e-5, abs=1e-6), key
-    weights_a = torch.load(a / "last.pt", weights_only=False)["model"]
-    weights_b = torch.load(b / "last.pt", weights_only=False)["model"]
+    weights_a = torch.load(a / "last.pt", weights_only=True)["model"]
+    weights_b = torch.load(b / "last.pt", weights_only=True)["model"]
     for name, tensor in weights_a.items():
         assert torch.allclose(tensor.float(), weights_b[name].float(), atol=1e-5), name
 
@@ -48,7 +51,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(synth_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train") / "straight"
-    train_run(tiny_config(synth_root), out, show_progress=False)
+    train_run(tiny_config(synth_root), out)
     return out
 
 
@@ -60,7 +63,7 @@ def test_run_directory_holds_the_record(uninterrupted):
     assert list(rows[0]) == list(METRIC_COLUMNS)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert all(float(r["img_per_s"]) > 0 for r in rows)
-    best = torch.load(uninterrupted / "best.pt", weights_only=False)
+    best = torch.load(uninterrupted / "best.pt", weights_only=True)
     best_epoch = min(rows, key=lambda r: float(r["val_loss"]))["epoch"]
     assert best["epoch"] == int(best_epoch)
     config = TrainConfig.load(uninterrupted / "config.json")
@@ -70,11 +73,81 @@ def test_run_directory_holds_the_record(uninterrupted):
 
 def test_resume_after_finished_epoch_matches(synth_root, uninterrupted, tmp_path):
     out = tmp_path / "resumed"
-    train_run(tiny_config(synth_root, epochs=1), out, show_progress=False)
+    train_run(tiny_config(synth_root, epochs=1), out)
     assert len(read_metrics(out)) == 1
     config = prepare_run_dir(out, None, resume=True, epochs=3)
-    train_run(config, out, resume=True, show_progress=False)
+    train_run(config, out, resume=True)
     assert_same_run(out, uninterrupted)
+
+
+class StopAfter(Callback):
+    """Asks the run to stop after `batches` batches of epoch `epoch`; notes the events it
+    sees and the SIGINT handler in place while the run trains."""
+
+    def __init__(self, epoch: int, batches: int) -> None:
+        self.epoch, self.batches = epoch, batches
+        self.events: list[str] = []
+        self.sigint = None
+
+    def on_train_start(self, start):
+        self.stop, self.sigint = start.stop, signal.getsignal(signal.SIGINT)
+        self.events.append("start")
+
+    def on_epoch_start(self, epoch):
+        self.events.append(f"epoch {epoch.epoch}")
+
+    def on_batch_end(self, batch):
+        self.events.append("batch")
+        if (batch.epoch, batch.step) == (self.epoch, self.batches):
+            self.stop.request()
+
+    def on_validation_progress(self, phase, done, total):
+        if done in (0, total):
+            self.events.append(f"{phase} {'start' if done == 0 else 'end'}")
+
+    def on_epoch_end(self, end):
+        # the run's record comes first: metrics.csv already holds this epoch
+        assert len(read_metrics(end.out)) == end.row["epoch"] == len(end.history)
+        self.events.append("end")
+
+    def on_train_end(self, result):
+        self.events.append("finish")
+
+
+def test_fit_stops_mid_epoch_and_resumes_to_the_same_result(
+    synth_root, uninterrupted, tmp_path, capfd
+):
+    """A stop asked by a callback saves the mid-epoch position in last.pt (loadable with
+    weights_only=True) and fit(resume=True) ends where an uninterrupted run ends. fit prints
+    nothing by itself and, as a library call, leaves the signal handlers alone."""
+    out = tmp_path / "stopped"
+    before = signal.getsignal(signal.SIGINT)
+    stopper, text = StopAfter(epoch=2, batches=3), io.StringIO()
+    result = fit(tiny_config(synth_root), out, callbacks=[stopper, TextLog(text)])
+    assert result.interrupted and result.stopped_mid_epoch and result.stopped_epoch == 2
+    assert stopper.sigint is before
+    assert signal.getsignal(signal.SIGINT) is before
+    batches = ["batch"] * 6  # 48 images, batches of 8
+    assert stopper.events == [
+        "start", "epoch 1", *batches, "validating start", "validating end", "end",
+        "epoch 2", "batch", "batch", "batch", "finish",
+    ]  # fmt: skip
+    saved = torch.load(out / "last.pt", weights_only=True)
+    assert (saved["epochs_done"], saved["step"], saved["partial"][1]) == (1, 3, 24)
+    assert len(read_metrics(out)) == 1
+    lines = text.getvalue().splitlines()
+    assert lines[0].startswith("training densenet-mini on 48 images")
+    assert lines[1].startswith("epoch   1: train loss") and lines[1].endswith("* best")
+    assert lines[2] == f"stopped during epoch 2; saved {out / 'last.pt'}."
+
+    with pytest.raises(RunDirError, match="--resume"):
+        fit(tiny_config(synth_root), out)
+    text = io.StringIO()
+    resumed = fit(tiny_config(synth_root), out, resume=True, callbacks=[TextLog(text)])
+    assert text.getvalue().startswith(f"resuming {out} at epoch 2, batch 4\n")
+    assert not resumed.interrupted and [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    assert_same_run(out, uninterrupted)
+    assert capfd.readouterr() == ("", "")
 
 
 def test_existing_run_is_not_overwritten(synth_root, uninterrupted):
@@ -144,7 +217,7 @@ def test_interrupted_process_resumes_to_the_same_result(synth_root, uninterrupte
     else:
         assert proc.returncode == -signal.SIGKILL
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
-    torch.load(out / "last.pt", weights_only=False)  # a whole, readable checkpoint
+    torch.load(out / "last.pt", weights_only=True)  # a whole, readable checkpoint
     resumed = _train_process(synth_root, out, "--resume")
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -307,127 +309,87 @@ def import_csv_cmd(
     )
 
 
-PresetOpt = Annotated[
-    str,
-    typer.Option(
-        help="Recipe: reference (the report), mura-paper (Rajpurkar 2017), demo (synthetic data "
-        "on a CPU), fracture-cpu (fractures on imported FracAtlas, 2 CPU cores)."
-    ),
-]
-# The recipe flags `train` and `ensemble train` share (None = keep the preset's value).
-ArchOpt = Annotated[
-    str | None, typer.Option(help="densenet169 | densenet121 | densenet201 | densenet-mini.")
-]
-WeightsOpt = Annotated[
-    str | None,
-    typer.Option(help="imagenet (torch hub cache, downloaded if online) | none | PATH."),
-]
-SizeOpt = Annotated[int | None, typer.Option(help="Input size in pixels (square).")]
-BatchSizeOpt = Annotated[int | None, typer.Option(help="Images per batch.")]
-LrOpt = Annotated[float | None, typer.Option(help="Adam learning rate.")]
-LossOpt = Annotated[str | None, typer.Option(help="bce | weighted-bce.")]
-WorkersOpt = Annotated[int | None, typer.Option(help="DataLoader worker processes.")]
-DeviceOpt = Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")]
-MixedPrecisionOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--mixed-precision/--no-mixed-precision",
-        help="bf16 autocast on CPU (where supported) / AMP on CUDA.",
-    ),
-]
-MaxTrainImagesOpt = Annotated[
-    int | None, typer.Option(help="Train on a random subset of this many images (0 = all).")
-]
-FixInvertedOpt = Annotated[
-    bool | None,
-    typer.Option("--fix-inverted/--no-fix-inverted", help="Invert images detected as inverted."),
-]
-MaskMarkersOpt = Annotated[
-    bool | None,
-    typer.Option("--mask-markers/--no-mask-markers", help="Mask detected letter markers."),
-]
-PanelsOpt = Annotated[str | None, typer.Option(help="Multi-radiograph images: keep | largest.")]
-CacheOpt = Annotated[
-    str | None, typer.Option(help="Decoded-image cache folder made by `murakit cache`.")
-]
-LrScheduleOpt = Annotated[
-    str | None,
-    typer.Option(help="plateau (lr/10 when validation loss stalls) | cosine (to 0 over epochs)."),
-]
-BoxLossOpt = Annotated[
-    float | None,
-    typer.Option(
-        help="Weight of the box-guidance loss that puts CAMs on the dataset's truth boxes "
-        "(FracAtlas's fracture boxes; 0 = off).",
-        min=0.0,
-    ),
-]
-ThresholdSliceOpt = Annotated[
-    float | None,
-    typer.Option(
-        help="Share of training studies held out to choose the operating threshold "
-        "(0 = none: threshold 0.5).",
-        min=0.0,
-        max=0.5,
-    ),
-]
-ThresholdSensitivityOpt = Annotated[
-    float | None,
-    typer.Option(
-        help="The threshold is the highest at which the held-out slice reaches this sensitivity.",
-        min=0.0,
-        max=1.0,
-    ),
-]
-SkipBadOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--skip-bad/--no-skip-bad",
-        help="Skip unreadable images and bad CSV rows, list them at the end.",
-    ),
-]
+def _recipe_parameters(help_overrides: dict[str, str]) -> list[inspect.Parameter]:
+    """The recipe options of `train` and `ensemble train`, built from TrainConfig's own
+    description of its fields (murakit.config.recipe_options): flag, help, choices, bounds.
+    Every one defaults to None (= keep the preset's value), except --preset itself."""
+    from murakit.config import recipe_options
+
+    params = []
+    for option in recipe_options():
+        kind = Literal[option.choices] if option.choices else option.type
+        decls = f"--{option.flag}/--no-{option.flag}" if option.type is bool else f"--{option.flag}"
+        info = typer.Option(
+            decls,
+            help=help_overrides.get(option.name, option.help),
+            min=option.min,
+            max=option.max,
+        )
+        is_preset = option.name == "preset"
+        params.append(
+            inspect.Parameter(
+                option.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=option.default if is_preset else None,
+                annotation=Annotated[kind if is_preset else kind | None, info],
+            )
+        )
+    return params
 
 
-def _train_options(preset: str, **overrides):
-    """A TrainConfig from a preset plus the flags the user gave (None = keep the preset's)."""
+def _with_recipe_options(**help_overrides: str):
+    """Give a command every recipe option after its own parameters; the command takes them
+    as **recipe. `help_overrides`: a field's help as this command words it."""
+
+    def decorate(command):
+        own = [
+            p
+            for p in inspect.signature(command, eval_str=True).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        recipe = _recipe_parameters(help_overrides)
+        signature = inspect.Signature(own + recipe)
+
+        @functools.wraps(command)
+        def with_options(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return command(**bound.arguments)
+
+        with_options.__signature__ = signature
+        with_options.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+        return with_options
+
+    return decorate
+
+
+def _train_options(data: Path, recipe: dict):
+    """A TrainConfig from --preset plus the recipe flags the user gave (None = keep the
+    preset's)."""
     from murakit.config import make_config
 
+    overrides = dict(recipe)
+    preset = overrides.pop("preset")
     try:
-        return make_config(preset, **overrides)
+        return make_config(preset, data=str(data.expanduser().resolve()), **overrides)
     except ValueError as err:
         fail(str(err))
 
 
+def _train_progress():
+    """The trainer's callback for the terminal: bars and lines on stderr (rank 0 only)."""
+    from murakit.progress import RichTrainProgress
+
+    return RichTrainProgress(err_console, show_bars=os.environ.get("RANK", "0") == "0")
+
+
 @app.command()
+@_with_recipe_options(epochs="Total epochs (with --resume: train further up to this many).")
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create/resume.")],
     data: Annotated[Path | None, typer.Option(help="Dataset folder (MURA-v1.1/).")] = None,
-    preset: PresetOpt = "reference",
-    arch: ArchOpt = None,
-    weights: WeightsOpt = None,
-    epochs: Annotated[
-        int | None,
-        typer.Option(help="Total epochs (with --resume: train further up to this many)."),
-    ] = None,
-    size: SizeOpt = None,
-    batch_size: BatchSizeOpt = None,
-    lr: LrOpt = None,
-    loss: LossOpt = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for init, order, augmentation.")] = None,
-    workers: WorkersOpt = None,
-    device: DeviceOpt = None,
-    bf16: MixedPrecisionOpt = None,
-    max_train_images: MaxTrainImagesOpt = None,
-    fix_inverted: FixInvertedOpt = None,
-    mask_markers: MaskMarkersOpt = None,
-    panels: PanelsOpt = None,
-    cache: CacheOpt = None,
-    skip_bad: SkipBadOpt = None,
-    lr_schedule: LrScheduleOpt = None,
-    box_loss: BoxLossOpt = None,
-    threshold_slice: ThresholdSliceOpt = None,
-    threshold_sensitivity: ThresholdSensitivityOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
+    **recipe,
 ) -> None:
     """Train one DenseNet into a run directory (config, metrics.csv, loss curve, best.pt)."""
     from murakit.train.loop import RunDirError, prepare_run_dir, train_run
@@ -436,34 +398,15 @@ def train(
     if not resume:
         if data is None:
             fail("--data is required for a new run (the folder holding MURA's CSVs)")
-        config = _train_options(
-            preset,
-            data=str(data.expanduser().resolve()),
-            arch=arch,
-            weights=weights,
-            epochs=epochs,
-            size=size,
-            batch_size=batch_size,
-            lr=lr,
-            loss=loss,
-            seed=seed,
-            workers=workers,
-            device=device,
-            bf16=bf16,
-            max_train_images=max_train_images,
-            fix_inverted=fix_inverted,
-            mask_markers=mask_markers,
-            panels=panels,
-            cache=cache,
-            skip_bad=skip_bad,
-            lr_schedule=lr_schedule,
-            box_loss=box_loss,
-            threshold_slice=threshold_slice,
-            threshold_sensitivity=threshold_sensitivity,
-        )
+        config = _train_options(data, recipe)
     try:
-        config = prepare_run_dir(out, config, resume, epochs)
-        result = _run_training(lambda: train_run(config, out, resume=resume, console=err_console))
+        config = prepare_run_dir(out, config, resume, recipe["epochs"])
+        with _train_progress() as progress:
+            result = _run_training(
+                lambda: train_run(
+                    config, out, resume=resume, callbacks=[progress], stop_signals=True
+                )
+            )
     except RunDirError as err:
         fail(str(err))
     _report_run(result)
@@ -509,6 +452,7 @@ app.add_typer(ensemble_app, name="ensemble")
 
 
 @ensemble_app.command("train")
+@_with_recipe_options(epochs="Epochs per member.", seed="First member's seed.")
 def ensemble_train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Ensemble directory.")],
     data: Annotated[Path, typer.Option(help="Dataset folder (MURA-v1.1/).")],
@@ -518,68 +462,26 @@ def ensemble_train(
         int,
         typer.Option(help="Members trained at once (one per GPU, or CPU processes sharing cores)."),
     ] = 1,
-    preset: PresetOpt = "reference",
-    arch: ArchOpt = None,
-    weights: WeightsOpt = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per member.")] = None,
-    size: SizeOpt = None,
-    batch_size: BatchSizeOpt = None,
-    lr: LrOpt = None,
-    loss: LossOpt = None,
-    seed: Annotated[int | None, typer.Option(help="First member's seed.")] = None,
-    workers: WorkersOpt = None,
-    device: DeviceOpt = None,
-    bf16: MixedPrecisionOpt = None,
-    max_train_images: MaxTrainImagesOpt = None,
-    fix_inverted: FixInvertedOpt = None,
-    mask_markers: MaskMarkersOpt = None,
-    panels: PanelsOpt = None,
-    cache: CacheOpt = None,
-    skip_bad: SkipBadOpt = None,
-    lr_schedule: LrScheduleOpt = None,
-    box_loss: BoxLossOpt = None,
-    threshold_slice: ThresholdSliceOpt = None,
-    threshold_sensitivity: ThresholdSensitivityOpt = None,
+    **recipe,
 ) -> None:
     """Train N members (resumable: finished members are kept), then keep the K best."""
     from murakit.train.ensemble import train_ensemble
 
-    config = _train_options(
-        preset,
-        data=str(data.expanduser().resolve()),
-        arch=arch,
-        weights=weights,
-        epochs=epochs,
-        size=size,
-        batch_size=batch_size,
-        lr=lr,
-        loss=loss,
-        seed=seed,
-        workers=workers,
-        device=device,
-        bf16=bf16,
-        max_train_images=max_train_images,
-        fix_inverted=fix_inverted,
-        mask_markers=mask_markers,
-        panels=panels,
-        cache=cache,
-        skip_bad=skip_bad,
-        lr_schedule=lr_schedule,
-        box_loss=box_loss,
-        threshold_slice=threshold_slice,
-        threshold_sensitivity=threshold_sensitivity,
-    )
+    config = _train_options(data, recipe)
     try:
-        members = _run_training(
-            lambda: train_ensemble(
-                config,
-                out,
-                models,
-                keep,
-                parallel=parallel,
-                log=lambda m: err_console.print(m, highlight=False),
+        with _train_progress() as progress:
+            members = _run_training(
+                lambda: train_ensemble(
+                    config,
+                    out,
+                    models,
+                    keep,
+                    parallel=parallel,
+                    log=progress.on_log,
+                    callbacks=[progress],
+                    stop_signals=True,
+                )
             )
-        )
     except RuntimeError as err:
         fail(str(err))
     _print_members(members, out)
@@ -1077,16 +979,7 @@ def demo(
         keep=keep,
         parallel=1,
         preset="demo",
-        arch=None,
-        weights=None,
         epochs=epochs,
-        size=None,
-        batch_size=None,
-        lr=None,
-        seed=None,
-        workers=None,
-        device=None,
-        max_train_images=None,
     )
     evaluate(
         model=ensemble_dir,

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
+import multiprocessing
 import os
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import torch
@@ -22,6 +24,7 @@ from murakit.config import TrainConfig
 from murakit.evaluate.threshold import ensemble_threshold
 from murakit.fsutil import atomic_write_json, atomic_write_text
 from murakit.infer.model import ENSEMBLE_FILE, ModelDirError
+from murakit.train.callbacks import Callback, RunResult
 
 
 @dataclass
@@ -128,9 +131,16 @@ def train_ensemble(
     parallel: int = 1,
     train_one: Callable[[TrainConfig, Path], object] | None = None,
     log: Callable[[str], None] = print,
+    callbacks: Iterable[Callback] = (),
+    stop_signals: bool = False,
 ) -> list[MemberSummary]:
     """Train members with seeds seed, seed+1, ... (finished ones are not retrained, unfinished
-    ones resume), then keep the `keep` with the lowest validation loss."""
+    ones resume), then keep the `keep` with the lowest validation loss.
+
+    One at a time, members train in this process and report to `callbacks` (a stop, e.g.
+    Ctrl-C with `stop_signals`, saves the member and raises KeyboardInterrupt). With
+    ``parallel > 1`` they train in separate processes, each writing its member's train.log;
+    `log` gets one line per member started and finished."""
     dirs = member_dirs(ens_dir, n_models)
     todo = []
     for i, run_dir in enumerate(dirs):
@@ -149,55 +159,98 @@ def train_ensemble(
     else:
         for member_config, run_dir in todo:
             log(f"training {run_dir.name} (seed {member_config.seed})")
-            (train_one or _train_in_process)(member_config, run_dir)
+            if train_one is not None:
+                train_one(member_config, run_dir)
+                continue
+            result = train_member(run_dir, callbacks=callbacks, stop_signals=stop_signals)
+            if result.interrupted:
+                raise KeyboardInterrupt
     members = select_members(dirs, keep)
     write_ensemble(ens_dir, members)
     return members
 
 
-def _train_in_process(config: TrainConfig, run_dir: Path) -> None:
-    from murakit.train.loop import train_run
+def train_member(
+    run_dir: Path, *, callbacks: Iterable[Callback] = (), stop_signals: bool = False
+) -> RunResult:
+    """Train (or continue) the member at `run_dir` from its config.json to its last epoch."""
+    from murakit.train.loop import prepare_run_dir, train_run
 
-    result = train_run(config, run_dir, resume=True)
-    if result.interrupted:
-        raise KeyboardInterrupt
+    run_dir = Path(run_dir)
+    config = prepare_run_dir(run_dir, None, resume=True)
+    return train_run(config, run_dir, resume=True, callbacks=callbacks, stop_signals=stop_signals)
+
+
+def _member_process(run_dir: str) -> None:
+    """What a member's own process runs (spawned by _train_parallel, which set its
+    OMP_NUM_THREADS / CUDA_VISIBLE_DEVICES before the interpreter started): train the member
+    with its output, tracebacks included, appended to its train.log. Exit status 0 when
+    trained, 130 when stopped by Ctrl-C (last.pt saved), 1 on an error."""
+    from murakit.data.imageio import BadImageError
+    from murakit.data.index import DatasetError
+    from murakit.model.weights import WeightsError
+    from murakit.train.callbacks import TextLog
+    from murakit.train.state import RunDirError
+
+    with open(Path(run_dir) / "train.log", "a", encoding="utf-8") as log_file:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
+    try:
+        result = train_member(Path(run_dir), callbacks=[TextLog()], stop_signals=True)
+    except (DatasetError, WeightsError, BadImageError, RunDirError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    sys.exit(130 if result.interrupted else 0)
 
 
 def _train_parallel(run_dirs: Sequence[Path], parallel: int, log) -> None:
-    """Run members as separate `murakit train --resume` processes, `parallel` at a time: one
-    per GPU where there are GPUs, else CPU processes sharing the cores."""
+    """Train members in their own processes (multiprocessing, "spawn"), `parallel` at a time:
+    one per GPU where there are GPUs, else CPU processes sharing the cores."""
     gpus = torch.cuda.device_count()
     threads = max(1, (os.cpu_count() or 1) // parallel)
+    spawn = multiprocessing.get_context("spawn")
     pending = list(run_dirs)
-    running: dict[subprocess.Popen, Path] = {}
+    running: dict[BaseProcess, Path] = {}
     failed = []
     started = 0
     while pending or running:
         while pending and len(running) < parallel:
             run_dir = pending.pop(0)
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+            env = {"OMP_NUM_THREADS": str(threads)}
             where = f"{threads} CPU threads"
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(started % gpus)
                 where = f"GPU {env['CUDA_VISIBLE_DEVICES']}"
             started += 1
             log(f"starting {run_dir.name} ({where}); log in {run_dir / 'train.log'}")
-            with open(run_dir / "train.log", "a") as log_file:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "murakit", "train", "--out", str(run_dir), "--resume"],
-                    env=env,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                )
+            proc = spawn.Process(target=_member_process, args=(str(run_dir),), name=run_dir.name)
+            with _environment(env):  # the new interpreter starts with it: torch reads it there
+                proc.start()
             running[proc] = run_dir
-        time.sleep(0.5)
-        for proc in [p for p in running if p.poll() is not None]:
+        wait([p.sentinel for p in running], timeout=0.5)
+        for proc in [p for p in running if not p.is_alive()]:
+            proc.join()
             run_dir = running.pop(proc)
-            if proc.returncode:
-                failed.append(
-                    f"{run_dir.name} (exit {proc.returncode}; see {run_dir / 'train.log'})"
-                )
+            if proc.exitcode:
+                failed.append(f"{run_dir.name} (exit {proc.exitcode}; see {run_dir / 'train.log'})")
             else:
                 log(f"{run_dir.name}: finished")
     if failed:
         raise RuntimeError("members failed: " + ", ".join(failed))
+
+
+@contextmanager
+def _environment(changes: dict[str, str]) -> Iterator[None]:
+    """os.environ with `changes` for the duration (a spawned process inherits it)."""
+    saved = {key: os.environ.get(key) for key in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,97 +1,85 @@
 """Train one model into a run directory, resumably.
 
 The run directory is the unit of record: config.json, metrics.csv (one row per epoch),
-loss_curve.png, best.pt (lowest validation loss) and last.pt (everything needed to continue,
-including a mid-epoch position after Ctrl-C), each written atomically.
+loss_curve.png, best.pt (lowest validation loss) and last.pt (the :class:`TrainState`,
+everything needed to continue, including a mid-epoch position after a stop), each written
+atomically. Progress and messages go to callbacks (:mod:`murakit.train.callbacks`); the
+library prints nothing itself.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
-from torch.utils.data import DataLoader
 
 from murakit.config import TrainConfig
-from murakit.data.dataset import EpochSampler, RadiographDataset
 from murakit.data.index import DatasetInfo, ImageRecord
 from murakit.evaluate.aggregate import study_table
 from murakit.evaluate.metrics import study_accuracy_kappa
 from murakit.evaluate.threshold import slice_threshold, split_threshold_slice, write_slice
-from murakit.fsutil import atomic_torch_save, atomic_write_text
 from murakit.infer.batched import infer_logits, make_eval_loader, sigmoid
 from murakit.infer.runtime import Runtime, make_runtime
-from murakit.model.densenet import build_model, logits_and_cams, unwrap
-from murakit.progress import progress_bar
+from murakit.model.densenet import build_model, logits_and_cams
 from murakit.train import distributed
-from murakit.train.loss import box_guidance_loss, sample_weights, weighted_bce
-
-METRIC_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_image_accuracy",
-    "val_study_accuracy",
-    "val_study_kappa",
-    "lr",
-    "seconds",
-    "img_per_s",
+from murakit.train.callbacks import (
+    METRIC_COLUMNS,
+    BatchEnd,
+    Callback,
+    CallbackList,
+    EpochEnd,
+    EpochStart,
+    RunResult,
+    StopRequest,
+    TrainStart,
+    record_callbacks,
 )
-CHECKPOINT_FORMAT = "murakit-run/1"
+from murakit.train.data import TrainData, build_data, load_records
+from murakit.train.loss import box_guidance_loss, weighted_bce
+from murakit.train.state import (
+    CHECKPOINT_FORMAT,
+    RunDirError,
+    TrainState,
+    save_best,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "METRIC_COLUMNS",
+    "RunDirError",
+    "RunResult",
+    "fit",
+    "prepare_run_dir",
+    "train_run",
+    "train_step",
+]
 
 
-class RunDirError(RuntimeError):
-    """The run directory cannot be used as asked (exists without --resume, or is incomplete)."""
+def fit(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    callbacks: Iterable[Callback] = (),
+    stop_signals: bool = False,
+) -> RunResult:
+    """Train a model with `config` into the run folder `out`; quiet unless a callback
+    prints (e.g. :class:`~murakit.train.callbacks.TextLog`).
 
-
-@dataclass
-class RunResult:
-    out: Path
-    history: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_loss: float = math.inf
-    interrupted: bool = False
-    skipped: list[str] = field(default_factory=list)
-
-
-class _StopFlag:
-    """First Ctrl-C (or SIGTERM) asks the loop to save and stop at the next batch boundary;
-    a second Ctrl-C aborts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _ignore_sigint(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which saves before stopping."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    A new run refuses a folder that already holds one. With ``resume=True`` the run in
+    `out` continues from its last.pt with its saved config, trained up to
+    ``config.epochs`` epochs (an unfinished run to its end, a finished one further).
+    ``stop_signals=True`` makes Ctrl-C / SIGTERM stop after the current step, saving
+    last.pt (only from the main thread)."""
+    out = Path(out)
+    config = prepare_run_dir(out, config, resume, config.epochs if resume else None)
+    return train_run(config, out, resume=resume, callbacks=callbacks, stop_signals=stop_signals)
 
 
 def prepare_run_dir(
@@ -115,26 +103,46 @@ def prepare_run_dir(
     return config
 
 
+@dataclass
+class _Run:
+    """What the epochs of one run work with."""
+
+    config: TrainConfig
+    out: Path
+    ctx: distributed.DistContext
+    runtime: Runtime
+    state: TrainState
+    model: torch.nn.Module  # the state's model, wrapped in DDP under torchrun
+    data: TrainData
+    events: CallbackList
+    stop: StopRequest
+
+
 def train_run(
     config: TrainConfig,
     out: Path,
     *,
     resume: bool = False,
-    console: Console | None = None,
-    show_progress: bool = True,
+    callbacks: Iterable[Callback] = (),
+    stop_signals: bool = False,
+    stop: StopRequest | None = None,
     records: tuple[list[ImageRecord], list[ImageRecord]] | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
+    show_progress: bool | None = None,  # noqa: ARG001 - accepted for old callers; no effect
 ) -> RunResult:
-    """Train (or continue) the run at `out`. `records` = (train, valid) overrides the index."""
+    """Train (or continue, with `resume`) the run at `out` with `config`.
+
+    `callbacks` receive progress and messages (after the run's record writers, metrics.csv
+    and loss_curve.png); `stop` may be set to stop cleanly, and ``stop_signals=True`` sets it
+    on Ctrl-C / SIGTERM. `records` = (train, valid) replaces the dataset's index."""
     out = Path(out)
     ctx = distributed.init_from_env(config.device)
-    console = console or Console(stderr=True)
-    log = console.print if ctx.is_main else (lambda *a, **k: None)
+    events = CallbackList([*record_callbacks(), *callbacks] if ctx.is_main else [])
+    stop = stop or StopRequest()
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
 
-    train_records, valid_records, skipped = records or _load_records(config, log)
-    train_records, slice_records = split_threshold_slice(train_records, config.threshold_slice)
+    train, valid, skipped = records or load_records(config, events.on_log)
+    train, held_out = split_threshold_slice(train, config.threshold_slice)
     if config.data:  # the class names and parts the model will report (murakit import)
         config.extra["dataset"] = DatasetInfo.read(Path(config.data)).to_json()
     runtime = make_runtime(
@@ -142,6 +150,57 @@ def train_run(
         config.bf16,
         config.channels_last,
     )
+    state = _initial_state(config, runtime, out, resume)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "config.json")
+    model = state.model
+    if ctx.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.is_cuda else None
+        )
+    data = build_data(config, train, valid, held_out, ctx, runtime, events.on_log)
+    run = _Run(config, out, ctx, runtime, state, model, data, events, stop)
+    events.on_train_start(
+        TrainStart(
+            out=out,
+            config=config,
+            train_images=len(train),
+            valid_images=len(valid),
+            slice_images=len(held_out),
+            device=runtime.describe(),
+            world_size=ctx.world_size,
+            epochs_done=state.epochs_done,
+            step=state.step,
+            stop=stop,
+        )
+    )
+
+    result = RunResult(out, skipped=skipped)
+    with _stop_on_signals(stop, stop_signals):
+        for epoch in range(state.epochs_done + 1, config.epochs + 1):
+            data.sampler.set_epoch(epoch, skip=state.step * config.batch_size)
+            if distributed.any_rank(ctx, stop.requested):  # asked during validation
+                result.interrupted, result.stopped_epoch = True, epoch
+                break
+            epoch_sums = _train_epoch(run, epoch)
+            if epoch_sums is None:  # stopped mid-epoch: last.pt keeps the position
+                if ctx.is_main:
+                    state.save(out / "last.pt")
+                result.interrupted, result.stopped_epoch = True, epoch
+                result.stopped_mid_epoch = True
+                break
+            _end_epoch(run, epoch, *epoch_sums)
+    result.history = state.history
+    result.best_epoch, result.best_val_loss = state.best_epoch, state.best_val_loss
+    events.on_train_end(result)
+    distributed.shutdown(ctx)
+    return result
+
+
+def _initial_state(config: TrainConfig, runtime: Runtime, out: Path, resume: bool) -> TrainState:
+    """A new model (its initial weights loaded) with its optimizer, scheduler and scaler, or
+    all of them as last.pt left them when resuming."""
     model = build_model(config.arch, config.dropout)
     continuing = resume and (out / "last.pt").exists()
     if not continuing:
@@ -152,154 +211,110 @@ def train_run(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay
     )
-    scheduler = _make_scheduler(optimizer, config)
-    scaler = runtime.grad_scaler()
-
-    result = RunResult(out, skipped=skipped)
-    state = {"epochs_done": 0, "step": 0, "partial": [0.0, 0.0, 0.0]}
+    state = TrainState(
+        config=config,
+        model=model,
+        optimizer=optimizer,
+        scheduler=_make_scheduler(optimizer, config),
+        scaler=runtime.grad_scaler(),
+    )
     if continuing:
-        state = _restore(out / "last.pt", model, optimizer, scheduler, scaler, result)
-        log(
-            f"resuming {out} at epoch {state['epochs_done'] + 1}"
-            + (f", batch {state['step'] + 1}" if state["step"] else "")
+        state.restore(out / "last.pt")
+    return state
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[float, float, int] | None:
+    """One pass over this rank's share of the epoch: (mean loss, seconds, images) over all
+    ranks, or None when a stop was asked (the position is then in `run.state`). Sums
+    continue from ``state.partial`` after a mid-epoch resume."""
+    state, ctx, config = run.state, run.ctx, run.config
+    run.model.train()
+    loss_sum, n_images, seconds = state.partial
+    total = len(run.data.sampler.order())
+    run.events.on_epoch_start(EpochStart(epoch, config.epochs, int(n_images), total))
+    step = state.step
+    tick = time.perf_counter()
+    for images, labels, index in run.data.loader:
+        # Dropout masks from (seed, epoch, step, rank): independent across DDP ranks and
+        # exactly reproducible after a resume at any step.
+        torch.manual_seed(
+            int(np.random.SeedSequence([config.seed, epoch, step, ctx.rank]).generate_state(1)[0])
         )
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out / "config.json")
-
-    train_model = model
-    if ctx.enabled:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[runtime.device.index] if runtime.is_cuda else None
+        labels = labels.to(run.runtime.device, non_blocking=True)
+        batch_weights = run.data.weights[index].to(run.runtime.device, non_blocking=True)
+        loss_total = train_step(
+            run.model,
+            images,
+            labels,
+            batch_weights,
+            state.optimizer,
+            state.scaler,
+            run.runtime,
+            config.box_loss,
         )
-
-    weights = sample_weights(train_records, train_records, config.loss)
-    valid_weights = sample_weights(valid_records, train_records, config.loss)
-    load, train_tf, eval_tf = _data_pipeline(config, train_records + valid_records, ctx, log)
-    train_load = _box_mask_loader(load, config, ctx) if config.box_loss else load
-    train_set = RadiographDataset(
-        train_records, train_tf, seed=config.seed, train=True, load=train_load
-    )
-    valid_set = RadiographDataset(valid_records, eval_tf, load=load)
-    slice_set = RadiographDataset(slice_records, eval_tf, load=load)
-    sampler = EpochSampler(len(train_set), config.seed, rank=ctx.rank, world_size=ctx.world_size)
-    loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.workers,
-        pin_memory=runtime.is_cuda,
-        worker_init_fn=_ignore_sigint,
-        generator=torch.Generator(),
-        persistent_workers=False,
-    )
-    log(
-        f"training {config.arch} on {len(train_records)} images "
-        f"(validating on {len(valid_records)}"
-        + (f"; {len(slice_records)} held out to choose the threshold" if slice_records else "")
-        + f") on {runtime.describe()}"
-        + (f" x {ctx.world_size} processes" if ctx.enabled else "")
-    )
-
-    show = ctx.is_main and show_progress
-    with _StopFlag() as stop, progress_bar(console=console, disable=not show) as bar:
-        for epoch in range(state["epochs_done"] + 1, config.epochs + 1):
-            sampler.set_epoch(epoch, skip=state["step"] * config.batch_size)
-            if distributed.any_rank(ctx, stop.requested):  # asked during validation
-                log(
-                    f"[yellow]stopped before epoch {epoch}; {out / 'last.pt'} is current. "
-                    f"Continue with: murakit train --out {out} --resume"
-                )
-                result.interrupted = True
-                break
-            train_loss, seconds, n_images, stopped = _train_epoch(
-                train_model,
-                loader,
-                optimizer,
-                scaler,
-                runtime,
-                weights,
-                state,
-                stop,
-                ctx,
-                bar,
-                f"epoch {epoch}/{config.epochs}",
-                len(sampler.order()),
-                seed=config.seed,
+        now = time.perf_counter()
+        seconds += now - tick
+        tick = now
+        loss_sum += float(loss_total)
+        n_images += len(labels)
+        step += 1
+        state.step, state.partial = step, [loss_sum, n_images, seconds]
+        run.events.on_batch_end(
+            BatchEnd(
                 epoch=epoch,
-                box_loss=config.box_loss,
+                epochs=config.epochs,
+                step=step,
+                images=int(n_images),
+                total=total,
+                loss=loss_sum / n_images,
+                img_per_s=n_images / seconds,
             )
-            if stopped:
-                if ctx.is_main:
-                    _save_last(
-                        out, model, optimizer, scheduler, scaler, config, result, epoch - 1, state
-                    )
-                log(
-                    f"[yellow]stopped during epoch {epoch}; saved {out / 'last.pt'}. "
-                    f"Continue with: murakit train --out {out} --resume"
-                )
-                result.interrupted = True
-                break
-            distributed.broadcast_buffers(ctx, model)  # every rank validates rank 0's model
-            val = _validate(model, valid_set, valid_weights, runtime, config, ctx, bar)
-            lr = optimizer.param_groups[0]["lr"]
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(val["val_loss"])
-            elif scheduler is not None:
-                scheduler.step()
-            row = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                **val,
-                "lr": lr,
-                "seconds": seconds,
-                "img_per_s": n_images / max(seconds, 1e-9),
-            }
-            result.history.append(row)
-            state = {"epochs_done": epoch, "step": 0, "partial": [0.0, 0.0, 0.0]}
-            improved = row["val_loss"] < result.best_val_loss
-            if improved:
-                result.best_val_loss, result.best_epoch = row["val_loss"], epoch
-            if ctx.is_main:
-                if improved:
-                    atomic_torch_save(
-                        out / "best.pt",
-                        {
-                            "format": CHECKPOINT_FORMAT,
-                            "config": asdict(config),
-                            "epoch": epoch,
-                            "metrics": row,
-                            "model": unwrap(model).state_dict(),
-                        },
-                    )
-                    if slice_records:
-                        _choose_threshold(model, slice_set, runtime, config, out, bar)
-                _save_last(out, model, optimizer, scheduler, scaler, config, result, epoch, state)
-                _write_history(out, result.history)
-            log(_epoch_line(row, improved))
-            if on_epoch:
-                on_epoch(row)
-    distributed.shutdown(ctx)
-    return result
-
-
-def _box_mask_loader(load, config: TrainConfig, ctx):
-    """The training loader for box guidance: images with a mask of their truth boxes."""
-    from murakit.data.dataset import BoxMaskLoader
-    from murakit.data.truth import truth_boxes
-
-    if config.cache or config.panels != "keep" or ctx.enabled:
-        raise RunDirError(
-            "--box-loss works on decoded images in one process: not with --cache, "
-            "--panels largest (it moves the boxes) or several processes"
         )
-    boxes = truth_boxes(Path(config.data))
-    if not boxes:
-        raise RunDirError(
-            f"{config.data}: --box-loss needs boxes in truth.csv (as `murakit import fracatlas` "
-            "writes); this dataset has none"
-        )
-    return BoxMaskLoader(load, boxes)
+        if distributed.any_rank(ctx, run.stop.requested):
+            return None
+    total_loss, total_images, total_seconds = distributed.all_sum(
+        ctx, [loss_sum, n_images, seconds]
+    )
+    per_rank_seconds = total_seconds / ctx.world_size
+    return total_loss / max(total_images, 1), per_rank_seconds, total_images
+
+
+def _end_epoch(run: _Run, epoch: int, train_loss: float, seconds: float, n_images) -> None:
+    """Validate, step the lr schedule, record the epoch; on the main rank save best.pt (and
+    choose the threshold on the held-out slice) when validation loss improved, then last.pt,
+    then tell the callbacks (which write metrics.csv and the loss curve)."""
+    state, config, ctx = run.state, run.config, run.ctx
+    distributed.broadcast_buffers(ctx, state.model)  # every rank validates rank 0's model
+    val = _validate(
+        state.model,
+        run.data.valid_set,
+        run.data.valid_weights,
+        run.runtime,
+        config,
+        ctx,
+        run.events.on_validation_progress,
+    )
+    lr = state.optimizer.param_groups[0]["lr"]
+    if isinstance(state.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        state.scheduler.step(val["val_loss"])
+    elif state.scheduler is not None:
+        state.scheduler.step()
+    row = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        **val,
+        "lr": lr,
+        "seconds": seconds,
+        "img_per_s": n_images / max(seconds, 1e-9),
+    }
+    improved = state.end_epoch(row)
+    if ctx.is_main:
+        if improved:
+            save_best(run.out / "best.pt", config, epoch, row, state.model)
+            if len(run.data.slice_set):
+                _choose_threshold(state.model, run.data.slice_set, run, run.out)
+        state.save(run.out / "last.pt")
+    run.events.on_epoch_end(EpochEnd(run.out, row, improved, state.history))
 
 
 def _make_scheduler(optimizer, config: TrainConfig):
@@ -318,136 +333,6 @@ def _make_scheduler(optimizer, config: TrainConfig):
 
 def _rank_device(ctx: distributed.DistContext) -> str:
     return f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu"
-
-
-def _load_records(config: TrainConfig, log) -> tuple[list, list, list[str]]:
-    from murakit.data.index import load_index
-
-    index = load_index(config.data, skip_bad=config.skip_bad)
-    train, valid = index.split("train"), index.split("valid")
-    skipped = list(index.skipped)
-    if not train or not valid:
-        raise RunDirError(
-            f"{config.data}: training needs both a train and a valid split "
-            f"(found {len(train)} train and {len(valid)} valid images)"
-        )
-    if config.max_train_images and len(train) > config.max_train_images:
-        keep = np.random.default_rng(config.seed).choice(
-            len(train), config.max_train_images, replace=False
-        )
-        train = [train[i] for i in sorted(keep)]
-    if config.skip_bad:
-        from murakit.data.verify import find_bad_files
-
-        bad = find_bad_files([r.path for r in train + valid], config.workers or 0)
-        bad_paths = {m.split(": ", 1)[0] for m in bad}
-        train = [r for r in train if str(r.path) not in bad_paths]
-        valid = [r for r in valid if str(r.path) not in bad_paths]
-        skipped += bad
-    for message in skipped:
-        log(f"[yellow]skipped:[/] {message}", highlight=False)
-    return train, valid, skipped
-
-
-def _train_transform(config: TrainConfig):
-    from murakit.data.transforms import TrainTransform
-
-    return TrainTransform(config.size, rotation=config.rotation, hflip=config.hflip)
-
-
-def _eval_transform(config: TrainConfig):
-    from murakit.data.transforms import EvalTransform
-
-    return EvalTransform(config.size)
-
-
-def _data_pipeline(config: TrainConfig, records, ctx, log):
-    """(image loader, train transform, eval transform). With a cache, images come from the
-    decoded squares (built or rebuilt by rank 0 when absent or stale) and the transforms skip
-    the pad-and-resize step they already went through."""
-    from murakit.data.dataset import RecordLoader
-
-    load = RecordLoader(config)
-    train_tf, eval_tf = _train_transform(config), _eval_transform(config)
-    if not config.cache:
-        return load, train_tf, eval_tf
-    from murakit.data.cache import ensure_cache, fixes_tag, open_cache
-
-    tag = fixes_tag(config)
-    if ctx.is_main:
-        ensure_cache(
-            records,
-            Path(config.cache),
-            config.size,
-            workers=config.workers,
-            loader=load,
-            tag=tag,
-            log=log,
-        )
-    distributed.barrier(ctx)
-    cached = open_cache(config.cache, records, config.size, tag=tag)
-    return cached, train_tf.from_square, eval_tf.from_square
-
-
-def _train_epoch(
-    model,
-    loader,
-    optimizer,
-    scaler,
-    runtime: Runtime,
-    weights,
-    state,
-    stop,
-    ctx,
-    bar,
-    description: str,
-    total: int,
-    *,
-    seed: int,
-    epoch: int,
-    box_loss: float,
-):
-    """One pass over this rank's share of the epoch; returns (mean loss, seconds, images,
-    stopped). Sums continue from `state["partial"]` after a mid-epoch resume."""
-    model.train()
-    loss_sum, n_images, seconds = state["partial"]
-    task = bar.add_task(
-        description, total=total, completed=state["step"] * loader.batch_size, status=""
-    )
-    step = state["step"]
-    tick = time.perf_counter()
-    for images, labels, index in loader:
-        # Dropout masks from (seed, epoch, step, rank): independent across DDP ranks and
-        # exactly reproducible after a resume at any step.
-        torch.manual_seed(
-            int(np.random.SeedSequence([seed, epoch, step, ctx.rank]).generate_state(1)[0])
-        )
-        labels = labels.to(runtime.device, non_blocking=True)
-        batch_weights = weights[index].to(runtime.device, non_blocking=True)
-        loss_total = train_step(
-            model, images, labels, batch_weights, optimizer, scaler, runtime, box_loss
-        )
-        now = time.perf_counter()
-        seconds += now - tick
-        tick = now
-        loss_sum += float(loss_total)
-        n_images += len(labels)
-        step += 1
-        state.update(step=step, partial=[loss_sum, n_images, seconds])
-        bar.update(
-            task,
-            advance=len(labels),
-            status=f"loss {loss_sum / n_images:.4f}  {n_images / seconds:.1f} img/s",
-        )
-        if distributed.any_rank(ctx, stop.requested):
-            bar.remove_task(task)
-            return math.nan, seconds, n_images, True
-    bar.remove_task(task)
-    total_loss, total_images, total_seconds = distributed.all_sum(
-        ctx, [loss_sum, n_images, seconds]
-    )
-    per_rank_seconds = total_seconds / ctx.world_size
-    return total_loss / max(total_images, 1), per_rank_seconds, total_images, False
 
 
 def train_step(
@@ -481,14 +366,13 @@ def train_step(
     return loss_total.detach()
 
 
-def _validate(model, valid_set, valid_weights, runtime, config, ctx, bar) -> dict:
+def _validate(model, valid_set, valid_weights, runtime, config, ctx, on_progress=None) -> dict:
     """Validation image loss and accuracy, and study accuracy/kappa (study probability = mean
-    of its images'). Each rank scores a disjoint share; the shares are gathered."""
+    of its images'). Each rank scores a disjoint share; the shares are gathered.
+    `on_progress(phase, done, total)` follows this rank's share."""
     indices = list(range(ctx.rank, len(valid_set), ctx.world_size))
     loader = make_eval_loader(valid_set, config.batch_size, config.workers, runtime, indices)
-    task = bar.add_task("validating", total=len(indices), status="")
-    logits, idx = infer_logits(model, loader, runtime, on_batch=lambda n: bar.advance(task, n))
-    bar.remove_task(task)
+    logits, idx = _score(model, loader, runtime, "validating", len(indices), on_progress)
     parts = distributed.gather_objects(ctx, (logits, idx))
     logits = np.concatenate([p[0] for p in parts])
     idx = np.concatenate([p[1] for p in parts])
@@ -510,77 +394,58 @@ def _validate(model, valid_set, valid_weights, runtime, config, ctx, bar) -> dic
     }
 
 
-def _choose_threshold(model, slice_set, runtime, config: TrainConfig, out: Path, bar) -> None:
+def _choose_threshold(model, slice_set, run: _Run, out: Path) -> None:
     """Score the held-out slice with the best model so far; write threshold.json beside it."""
-    loader = make_eval_loader(slice_set, config.batch_size, config.workers, runtime)
-    task = bar.add_task("threshold slice", total=len(slice_set), status="")
-    logits, idx = infer_logits(model, loader, runtime, on_batch=lambda n: bar.advance(task, n))
-    bar.remove_task(task)
+    config = run.config
+    loader = make_eval_loader(slice_set, config.batch_size, config.workers, run.runtime)
+    logits, idx = _score(
+        model,
+        loader,
+        run.runtime,
+        "threshold slice",
+        len(slice_set),
+        run.events.on_validation_progress,
+    )
     records = [slice_set.records[i] for i in idx]
     probs = sigmoid(logits)
     write_slice(out, records, probs, slice_threshold(records, probs, config.threshold_sensitivity))
 
 
-def _save_last(out, model, optimizer, scheduler, scaler, config, result, epochs_done, state):
-    atomic_torch_save(
-        out / "last.pt",
-        {
-            "format": CHECKPOINT_FORMAT,
-            "config": asdict(config),
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler else None,
-            "scaler": scaler.state_dict() if scaler else None,
-            "epochs_done": epochs_done,
-            "step": state["step"],
-            "partial": state["partial"],
-            "best_val_loss": result.best_val_loss,
-            "best_epoch": result.best_epoch,
-            "history": result.history,
-        },
-    )
+def _score(model, loader, runtime, phase: str, total: int, on_progress):
+    """Logits of a loader's images, reporting (phase, done, total) as batches finish."""
+    if on_progress is None:
+        return infer_logits(model, loader, runtime)
+    done = 0
+    on_progress(phase, 0, total)
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        on_progress(phase, done, total)
+
+    return infer_logits(model, loader, runtime, on_batch=advance)
 
 
-def _restore(path: Path, model, optimizer, scheduler, scaler, result: RunResult) -> dict:
+@contextmanager
+def _stop_on_signals(stop: StopRequest, enabled: bool) -> Iterator[None]:
+    """With `enabled`, the first Ctrl-C (or SIGTERM) sets `stop` -- the loop saves and stops
+    at the next batch boundary -- and a second Ctrl-C aborts at once. Signals are left alone
+    off the main thread and when not enabled (a library call)."""
+    previous: dict[int, object] = {}
+
+    def handle(signum, frame) -> None:
+        if stop.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.request()
+
+    if enabled:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same message
-        raise RunDirError(f"{path}: cannot read checkpoint ({err})") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise RunDirError(f"{path}: not a murakit training checkpoint")
-    unwrap(model).load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None and ckpt["scheduler"]:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    if scaler is not None and ckpt["scaler"]:
-        scaler.load_state_dict(ckpt["scaler"])
-    result.history = list(ckpt["history"])
-    result.best_val_loss = ckpt["best_val_loss"]
-    result.best_epoch = ckpt["best_epoch"]
-    return {
-        "epochs_done": ckpt["epochs_done"],
-        "step": ckpt["step"],
-        "partial": list(ckpt["partial"]),
-    }
-
-
-def _write_history(out: Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_text(out / "metrics.csv", buffer.getvalue())
-    from murakit.evaluate.plots import plot_loss_curve
-
-    plot_loss_curve(history, out / "loss_curve.png", title=out.name)
-
-
-def _epoch_line(row: dict, improved: bool) -> str:
-    mark = " [green]* best[/]" if improved else ""
-    return (
-        f"epoch {row['epoch']:>3}: train loss {row['train_loss']:.4f}  "
-        f"val loss {row['val_loss']:.4f}  val acc {row['val_image_accuracy']:.3f} (image) "
-        f"{row['val_study_accuracy']:.3f} (study)  kappa {row['val_study_kappa']:.3f}  "
-        f"{row['img_per_s']:.1f} img/s{mark}"
-    )
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
