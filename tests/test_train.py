@@ -273,3 +273,51 @@ def test_box_guidance_loss_supervises_the_right_cells():
     elsewhere = cams.clone()
     elsewhere[1, 3, 3] += 5.0  # a cell outside the box of a positive image is not supervised
     assert box_guidance_loss(elsewhere, labels, masks) == pytest.approx(float(at_zero))
+
+
+def test_train_state_is_one_weights_only_checkpoint(tmp_path):
+    """TrainState saves every field (objects as state dicts) to one file that loads with
+    weights_only=True, and restores all of it; a pickled object is refused."""
+    import dataclasses
+
+    from murakit.train.state import TrainState
+
+    def objects():
+        model = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        return dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+
+    parts = objects()
+    parts["scaler"].scale(parts["model"](torch.ones(2, 3)).sum()).backward()
+    parts["scaler"].step(parts["optimizer"])
+    parts["scaler"].update(2.0**7)
+    parts["scheduler"].step(1.0)
+    state = TrainState(
+        config=make_config("demo"),
+        **parts,
+        epochs_done=2,
+        step=5,
+        partial=[1.5, 40, 2.0],
+        best_val_loss=0.5,
+        best_epoch=1,
+        history=[{"epoch": 1, "val_loss": 0.5}],
+    )
+    state.save(tmp_path / "last.pt")
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert set(saved) == {"format"} | {f.name for f in dataclasses.fields(TrainState)}
+
+    restored = TrainState(config=make_config("demo"), **objects())
+    restored.restore(tmp_path / "last.pt")
+    for name in ("epochs_done", "step", "partial", "best_val_loss", "best_epoch", "history"):
+        assert getattr(restored, name) == getattr(state, name), name
+    for a, b in zip(state.model.parameters(), restored.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert restored.optimizer.state_dict()["state"][0]["step"] == 1
+    assert restored.scheduler.state_dict() == state.scheduler.state_dict()
+    assert restored.scaler.get_scale() == 2.0**7
+
+    torch.save({"format": "murakit-run/1", "code": RunDirError("x")}, tmp_path / "evil.pt")
+    with pytest.raises(RunDirError, match="cannot read checkpoint"):
+        restored.restore(tmp_path / "evil.pt")
