@@ -28,6 +28,13 @@ def test_json_and_yaml_round_trip(tmp_path):
         config.save(tmp_path / "config.toml")
 
 
+def test_from_preset_is_make_config():
+    config = TrainConfig.from_preset("demo", size=64, lr=None)
+    assert config == make_config("demo", size=64) and (config.size, config.lr) == (64, 1e-3)
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        TrainConfig.from_preset("fast")
+
+
 def recipe_fields():
     import dataclasses
 

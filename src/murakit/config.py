@@ -106,7 +106,7 @@ class TrainConfig:
     """Everything that determines a training run; saved as the run's config.json.
 
     ``TrainConfig.load(path)`` / ``config.save(path)`` read and write JSON or YAML by the
-    file's suffix. Build one from a preset with :func:`make_config`."""
+    file's suffix. Build one from a preset with :meth:`from_preset`."""
 
     data: str = _recipe("", "Dataset folder (MURA-v1.1/).", cli=False)
     preset: str = _recipe(
@@ -227,6 +227,15 @@ class TrainConfig:
             raise ValueError(f"{path}: {err}") from None
 
     @classmethod
+    def from_preset(cls, preset: str = "reference", **overrides: Any) -> TrainConfig:
+        """A preset's recipe (PRESETS) with the given fields overridden (None means keep
+        the preset's value)."""
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(preset=preset, **values)
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = set(_field_names())
         unknown = sorted(set(values) - known)
@@ -304,8 +313,6 @@ def recipe_options() -> Iterator[RecipeOption]:
 
 
 def make_config(preset: str, **overrides: Any) -> TrainConfig:
-    """A preset's config with the given fields overridden (None means keep the preset's)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(preset=preset, **values)
+    """A preset's config with the given fields overridden (None means keep the preset's);
+    the same as ``TrainConfig.from_preset``."""
+    return TrainConfig.from_preset(preset, **overrides)

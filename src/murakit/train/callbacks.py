@@ -2,27 +2,25 @@
 
 The trainer (:func:`murakit.train.loop.train_run`) calls, on the main process only:
 
-=========================  ==================================================================
-``on_log(message, warning)``  a one-line note: an image skipped, the image cache being built
-``on_train_start(start)``     the run is set up (:class:`TrainStart`: sizes, device, resume
-                              position, and the :class:`StopRequest` a callback may set)
-``on_epoch_start(epoch)``     an epoch's training pass begins (:class:`EpochStart`)
-``on_batch_end(batch)``       after each optimisation step (:class:`BatchEnd`: running loss,
-                              images done, throughput)
-``on_validation_progress``    ``(phase, done, total)`` while scoring images: "validating"
-                              each epoch, "threshold slice" after a new best; called with
-                              ``done=0`` first and ``done == total`` last
-``on_epoch_end(end)``         the epoch's row is final and best.pt / last.pt are saved
-                              (:class:`EpochEnd`)
-``on_train_end(result)``      the run finished or stopped (:class:`RunResult`)
-=========================  ==================================================================
+- ``on_log(message, warning)``: a one-line note (an image skipped, the image cache built);
+- ``on_train_start(start)``: the run is set up (:class:`TrainStart`: sizes, device, the
+  resume position, and the :class:`StopRequest` a callback may set to stop the run);
+- ``on_epoch_start(epoch)``: an epoch's training pass begins (:class:`EpochStart`);
+- ``on_batch_end(batch)``: after each optimisation step (:class:`BatchEnd`: running loss,
+  images done, throughput);
+- ``on_validation_progress(phase, done, total)``: while scoring images, "validating" each
+  epoch and "threshold slice" after a new best; first with ``done=0``, last with
+  ``done == total``;
+- ``on_epoch_end(end)``: the epoch's row is final, best.pt and last.pt are saved
+  (:class:`EpochEnd`);
+- ``on_train_end(result)``: the run finished or stopped (:class:`RunResult`).
 
 :class:`Callback` implements every hook as a no-op; subclass it and override what you need.
 The run's record is itself written by callbacks that :func:`train_run` always installs first:
 :class:`MetricsCSV` (metrics.csv) and :class:`LossCurve` (loss_curve.png). :class:`TextLog`
 prints plain lines (ensemble members' train.log); :class:`TensorBoard` writes event files
 (``pip install murakit[tensorboard]``). The command line's progress bars are a callback too
-(``murakit.progress.RichTrainProgress``). Nothing here touches a terminal or imports torch.
+(``murakit.progress.RichTrainProgress``); nothing here draws on a terminal or imports torch.
 """
 
 from __future__ import annotations
