@@ -65,7 +65,7 @@ def main() -> None:
             )
             tick = time.perf_counter()
             run = out / name.replace(" ", "-")
-            result = train_run(config, run, show_progress=False)
+            result = train_run(config, run)
             best = min(result.history, key=lambda row: row["val_loss"])
             metrics = evaluate_model(run, workers=args.workers).metrics["overall"]
             rows.append((name, best, metrics["auroc"], time.perf_counter() - tick))

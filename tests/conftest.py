@@ -108,5 +108,5 @@ def trained_run(synth_root, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("runs") / "mini"
     config = make_config("demo", data=str(synth_root), epochs=2, size=96, workers=0)
-    train_run(config, out, show_progress=False)
+    train_run(config, out)
     return out

@@ -123,11 +123,12 @@ def test_ddp_loss_trajectory_follows_single_process(runs):
 def test_ddp_validation_equals_single_process_validation_of_the_saved_model(runs, synth_root):
     """Every valid image scored once: the gathered metrics equal one process's."""
     from murakit.config import TrainConfig
-    from murakit.data.dataset import RadiographDataset, RecordLoader
+    from murakit.data.dataset import RadiographDataset
+    from murakit.infer.preprocess import Preprocessor
     from murakit.infer.runtime import make_runtime
     from murakit.model.densenet import build_model
     from murakit.train import distributed
-    from murakit.train.data import eval_transform, load_records
+    from murakit.train.data import load_records
     from murakit.train.loop import _validate
     from murakit.train.loss import sample_weights
 
@@ -138,7 +139,8 @@ def test_ddp_validation_equals_single_process_validation_of_the_saved_model(runs
     runtime = make_runtime("cpu", config.bf16, config.channels_last)
     model = runtime.prepare_model(build_model(config.arch, config.dropout))
     model.load_state_dict(ckpt["model"])
-    valid_set = RadiographDataset(valid, eval_transform(config), load=RecordLoader(config))
+    preprocessor = Preprocessor.from_config(config)
+    valid_set = RadiographDataset(valid, preprocessor.transform, load=preprocessor.load)
     val = _validate(
         model,
         valid_set,

@@ -112,7 +112,7 @@ def build_cache(
 ) -> CacheInfo:
     """Decode, square and resize every record once into the cache for `size` (replacing any
     previous one). `loader(record)` gives the grayscale image (default: read_grayscale of its
-    path; pass the run's RecordLoader and `fixes_tag(config)` when fixes apply); it must be
+    path; pass the run's Preprocessor.load and `fixes_tag(config)` when fixes apply); it must be
     picklable when `workers` > 0. Decoding runs in `workers` processes."""
     records = _unique(records)
     cache_dir = Path(cache_dir)

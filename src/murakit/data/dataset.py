@@ -24,33 +24,6 @@ def read_record(record: ImageRecord) -> np.ndarray:
     return read_grayscale(record.path)
 
 
-def needs_fixes(config) -> bool:
-    return bool(config.fix_inverted or config.mask_markers or config.panels != "keep")
-
-
-def apply_config_fixes(image: np.ndarray, config) -> np.ndarray:
-    """The data-quality fixes a run was trained with (murakit.data.quality); prediction
-    applies the same ones, read from the model's config."""
-    if not needs_fixes(config):
-        return image
-    from murakit.data.quality import apply_fixes
-
-    return apply_fixes(
-        image, invert=config.fix_inverted, mask_markers=config.mask_markers, panels=config.panels
-    )
-
-
-class RecordLoader:
-    """Reads a record's image and applies the config's fixes (a class, so workers can pickle
-    it)."""
-
-    def __init__(self, config) -> None:
-        self.config = config
-
-    def __call__(self, record: ImageRecord) -> np.ndarray:
-        return apply_config_fixes(read_record(record), self.config)
-
-
 class BoxMaskLoader:
     """Wraps an image loader: (2, H, W) uint8, the image and a mask of its truth boxes (255
     inside), for box-guided training; images without boxes get an empty mask."""

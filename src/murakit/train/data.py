@@ -56,13 +56,11 @@ def load_records(config: TrainConfig, log: Log) -> tuple[list, list, list[str]]:
         )
         train = [train[i] for i in sorted(keep)]
     if config.skip_bad:
-        from murakit.data.verify import find_bad_files
+        from murakit.data.verify import drop_unreadable
 
-        bad = find_bad_files([r.path for r in train + valid], config.workers or 0)
-        bad_paths = {m.split(": ", 1)[0] for m in bad}
-        train = [r for r in train if str(r.path) not in bad_paths]
-        valid = [r for r in valid if str(r.path) not in bad_paths]
-        skipped += bad
+        train, bad_train = drop_unreadable(train, config.workers or 0)
+        valid, bad_valid = drop_unreadable(valid, config.workers or 0)
+        skipped += bad_train + bad_valid
     for message in skipped:
         log(f"skipped: {message}", warning=True)
     return train, valid, skipped
@@ -135,20 +133,15 @@ def train_transform(config: TrainConfig):
     return TrainTransform(config.size, rotation=config.rotation, hflip=config.hflip)
 
 
-def eval_transform(config: TrainConfig):
-    from murakit.data.transforms import EvalTransform
-
-    return EvalTransform(config.size)
-
-
 def _data_pipeline(config: TrainConfig, records, ctx, log: Log):
     """(image loader, train transform, eval transform). With a cache, images come from the
     decoded squares (built or rebuilt by rank 0 when absent or stale) and the transforms skip
     the pad-and-resize step they already went through."""
-    from murakit.data.dataset import RecordLoader
+    from murakit.infer.preprocess import Preprocessor
 
-    load = RecordLoader(config)
-    train_tf, eval_tf = train_transform(config), eval_transform(config)
+    preprocessor = Preprocessor.from_config(config)  # the same pipeline the model is used with
+    load = preprocessor.load
+    train_tf, eval_tf = train_transform(config), preprocessor.transform
     if not config.cache:
         return load, train_tf, eval_tf
     from murakit.data.cache import ensure_cache, fixes_tag, open_cache

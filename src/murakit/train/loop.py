@@ -127,7 +127,6 @@ def train_run(
     stop_signals: bool = False,
     stop: StopRequest | None = None,
     records: tuple[list[ImageRecord], list[ImageRecord]] | None = None,
-    show_progress: bool | None = None,  # noqa: ARG001 - accepted for old callers; no effect
 ) -> RunResult:
     """Train (or continue, with `resume`) the run at `out` with `config`.
 
