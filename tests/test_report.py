@@ -41,18 +41,8 @@ from murakit.report.html import (
     looks_like_mura_valid,
     part_table,
 )
+from murakit.train.callbacks import METRIC_COLUMNS
 
-METRIC_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_image_accuracy",
-    "val_study_accuracy",
-    "val_study_kappa",
-    "lr",
-    "seconds",
-    "img_per_s",
-)
 PARTS = ("XR_ELBOW", "XR_HAND", "XR_WRIST")
 SECTIONS = ("Dataset", "Training", "Results", "Class activation maps", "Augmentation")
 
