@@ -119,10 +119,15 @@ def cpu_seconds() -> float:
 def report(results: dict, seconds: float, cpu: float) -> bool:
     """Print the table; True when every target is met."""
     n = results["images"]
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from quality_real import cpu_description
+
     print(
         f"{n} images checked in {seconds:.1f} s ({n / max(seconds, 1e-9):.0f} images/s; "
-        f"{1000 * cpu / max(n, 1):.1f} ms CPU per image, decoding included)\n"
+        f"{1000 * cpu / max(n, 1):.1f} ms CPU per image, decoding included: "
+        f"{n / max(cpu, 1e-9):.0f} images/s per core)"
     )
+    print(f"CPU: {cpu_description()}\n")
     print(f"{'detector':<12} {'precision':>9} {'recall':>7} {'TP':>5} {'FP':>4} {'FN':>4} target")
     ok = True
     for name, target in TARGETS.items():

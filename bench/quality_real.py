@@ -75,6 +75,24 @@ def load_labels(root: Path = FRACATLAS, labels: Path = LABELS) -> list[Labelled]
     return out
 
 
+def cpu_description() -> str:
+    """The CPU model and the widest vector instruction sets it offers (speed figures
+    depend on them; numpy and scipy pick their kernels by them)."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    isa = [n for n in ("avx512_bf16", "avx512f", "avx2", "sse4_2", "neon", "asimd") if n in flags]
+    return f"{model}; ISA: {', '.join(isa) or 'unknown'}"
+
+
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion (0, 1 when n is 0)."""
     if n == 0:
@@ -229,8 +247,9 @@ def report_real(res: dict, split: str) -> None:
         f"real FracAtlas images, {split} split: {n} images; decode + check_image took "
         f"{1000 * cpu / max(n, 1):.1f} ms CPU per image ({n / max(cpu, 1e-9):.0f} images/s "
         f"per core; wall {1000 * res['check_seconds'] / max(n, 1):.1f} ms, which counts "
-        "waiting for a busy machine)\n"
+        "waiting for a busy machine)"
     )
+    print(f"CPU: {cpu_description()}\n")
     head = (
         f"{'detector':<22} {'precision [95% CI]':<23} {'recall [95% CI]':<23} "
         f"{'TP':>4} {'FP':>4} {'FN':>4}  {'prevalence':<22} target"

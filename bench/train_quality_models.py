@@ -1,14 +1,21 @@
 """Train the small learned models of murakit.data.quality and write quality_weights.json.
 
-The models are logistic regressions over a handful of image statistics (the weights are a
-few dozen numbers). They learn from:
+The models are a logistic regression over a handful of image statistics (polarity) and
+gradient-boosted trees over candidate features (markers) and seam features (multi-panel),
+exported as plain arrays. They learn from:
 
 - the *tuning* half of the hand-labelled FracAtlas images (bench/real_labels; the test
   half is never read here), set on export canvases (white, grey, black padding, rotated
   and round fields) with a quarter of them inverted, using canvas draws of their own
   (variants 10-13; the benchmark scores variants 0-1 of the test half);
 - a synthetic MURA set (seed 7, which the README's synthetic table does not use), its
-  images as generated and on the same canvases.
+  images as generated and on the same canvases;
+- for multi-panel only, unlabelled FracAtlas images that the release does not flag
+  `multiscan` (single exposures; one in four by a hash of the id, none of them labelled,
+  so none in the test half), at a quarter of the weight of a labelled image.
+
+Out-of-fold figures for the multi-panel threshold keep blocks of 25 neighbouring image ids
+in one fold (neighbouring ids are often one patient's series).
 
 Deterministic: same inputs, same weights.
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import sys
 import tempfile
@@ -35,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import quality_real  # noqa: E402
 from murakit.data import quality as q  # noqa: E402
-from murakit.data.imageio import read_grayscale  # noqa: E402
+from murakit.data.imageio import BadImageError, read_grayscale  # noqa: E402
 from murakit.synth.generator import generate  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "murakit" / "data" / q.WEIGHTS_FILE
@@ -47,6 +55,9 @@ ATTRIBUTION = (
 )
 TRAIN_VARIANTS = (10, 11, 12, 13)
 TRAIN_IOU = 0.5
+EXTRA_WEIGHT = 0.25
+PANEL_PRECISION = 0.92
+PANEL_SYNTH_PRECISION = 0.97
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, names, l2: float = 1e-2, steps: int = 4000):
@@ -213,37 +224,90 @@ def inversion_rows(images: list, plain: bool):
     return rows, labels
 
 
-def train_panels(real: list, synth: list) -> dict:
-    """Boosted trees over panel features; the threshold is the lowest whose out-of-fold
-    precision on the real tuning images reaches 0.90 (recall as it comes), and images with
-    a dark gap between films get the highest cut keeping synthetic recall at 0.98."""
-    rows, labels, is_real = [], [], []
-    for img, composite in real:
+def id_block(image_id: str, size: int = 25, folds: int = 5) -> int:
+    """The fold of a FracAtlas image: its id's block of `size` consecutive numbers."""
+    return int("".join(c for c in image_id if c.isdigit())) // size % folds
+
+
+def extra_negatives(root: Path) -> list[tuple[str, np.ndarray]]:
+    """Unlabelled FracAtlas images that the release does not flag `multiscan` (so single
+    exposures: every `multiscan` image is in the labels, and none of the 515 labelled
+    non-`multiscan` images is a composite): one in four, chosen by a hash of the image id;
+    labelled images (either half) are left out."""
+    labelled = {it.image_id for it in quality_real.load_labels(root)}
+    found = []
+    with open(root / "dataset.csv", newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            image_id = row["image_id"]
+            if image_id in labelled or row["multiscan"] == "1":
+                continue
+            digest = hashlib.sha1(f"murakit-extra:{image_id}".encode()).hexdigest()
+            if int(digest, 16) % 4:
+                continue
+            folder = "Fractured" if row["fractured"] == "1" else "Non_fractured"
+            try:
+                found.append((image_id, read_grayscale(root / "images" / folder / image_id)))
+            except BadImageError:
+                continue  # the truncated JPEGs
+    return found
+
+
+def train_panels(real: list, synth: list, extra: list) -> dict:
+    """Boosted trees over panel features, learned from the real tuning images, unlabelled
+    single exposures (weight EXTRA_WEIGHT: they keep ordinary images unflagged without
+    drowning the few composites) and synthetic images. The threshold is the lowest whose
+    out-of-fold precision on the real tuning images reaches PANEL_PRECISION (above the
+    0.90 target: out-of-fold estimates on 96 composites are rough), and images with a dark
+    gap between films get the highest cut keeping synthetic recall at 0.98."""
+    rows, labels, kind = [], [], []
+    for _, img, composite in real:
         rows.append(list(q.panel_features(img)[0].values()))
         labels.append(composite)
-        is_real.append(True)
+        kind.append("real")
     for _, img, inverted, _, panels in synth:
         upright = 255 - img if inverted else img
         rows.append(list(q.panel_features(upright)[0].values()))
         labels.append(panels)
-        is_real.append(False)
-    x, y, is_real = np.array(rows), np.array(labels), np.array(is_real)
+        kind.append("synth")
+    for _, img in extra:
+        rows.append(list(q.panel_features(img)[0].values()))
+        labels.append(False)
+        kind.append("extra")
+    x, y, kind = np.array(rows), np.array(labels), np.array(kind)
+    is_real = kind == "real"
+    weight = np.where(kind == "extra", EXTRA_WEIGHT, 1.0)
     params = dict(
-        n_estimators=150, max_depth=3, learning_rate=0.08, subsample=0.8, min_samples_leaf=5
+        n_estimators=150, max_depth=3, learning_rate=0.08, subsample=0.8, min_samples_leaf=20
     )
-    folds = np.arange(len(y)) % 3
+    # FracAtlas images with neighbouring ids are often one patient's series (the same
+    # layout, the same limb): folds keep blocks of 25 ids together, or the out-of-fold
+    # figures flatter the model and the threshold lands too low
+    ids = [image_id for image_id, _, _ in real] + [None] * len(synth) + [i for i, _ in extra]
+    folds = np.array(
+        [i % 5 if image_id is None else id_block(image_id) for i, image_id in enumerate(ids)]
+    )
     oof = np.zeros(len(y))
-    for k in range(3):
+    for k in range(5):
         model = GradientBoostingClassifier(random_state=0, **params)
-        model.fit(x[folds != k], y[folds != k])
+        model.fit(x[folds != k], y[folds != k], sample_weight=weight[folds != k])
         oof[folds == k] = model.predict_proba(x[folds == k])[:, 1]
+    is_synth = kind == "synth"
+
+    def precision_recall(rows: np.ndarray, flags: np.ndarray) -> tuple[float, float]:
+        tp = int((flags[rows] & y[rows]).sum())
+        return tp / max(int(flags[rows].sum()), 1), tp / max(int(y[rows].sum()), 1)
+
     threshold = 0.95
     for t in np.arange(0.2, 0.96, 0.05):
-        f, truth = oof[is_real] >= t, y[is_real]
-        tp, fp, fn = int((f & truth).sum()), int((f & ~truth).sum()), int((~f & truth).sum())
-        precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
-        print(f"  out-of-fold cut {t:.2f}: real precision {precision:.3f} recall {recall:.3f}")
-        if precision >= 0.90:
+        precision, recall = precision_recall(is_real, oof >= t)
+        synth_precision, synth_recall = precision_recall(is_synth, oof >= t)
+        extra_fp = int((oof[kind == "extra"] >= t).sum())
+        print(
+            f"  out-of-fold cut {t:.2f}: real precision {precision:.3f} recall {recall:.3f}; "
+            f"synthetic P {synth_precision:.3f} R {synth_recall:.3f}; {extra_fp} of "
+            f"{int((kind == 'extra').sum())} unlabelled single exposures flagged"
+        )
+        if precision >= PANEL_PRECISION and synth_precision >= PANEL_SYNTH_PRECISION:
             threshold = float(round(t, 2))
             break
     # a dark band between two films (the old rule's cue) may pass at a lower cut: the
@@ -251,15 +315,12 @@ def train_panels(real: list, synth: list) -> dict:
     gap = np.maximum(x[:, q.PANEL_FEATURES.index("x_gap")], x[:, q.PANEL_FEATURES.index("y_gap")])
     gap_threshold = threshold
     for t in sorted((g for g in np.arange(0.05, 0.96, 0.05) if g <= threshold), reverse=True):
-        cut = np.where(gap >= 0.5, t, threshold)
-        f, truth = (oof >= cut)[~is_real], y[~is_real]
-        recall = (f & truth).sum() / max(truth.sum(), 1)
-        precision = (f & truth).sum() / max(f.sum(), 1)
+        precision, recall = precision_recall(is_synth, oof >= np.where(gap >= 0.5, t, threshold))
         print(f"  out-of-fold gap cut {t:.2f}: synthetic P {precision:.3f} R {recall:.3f}")
         gap_threshold = float(round(t, 2))
         if recall >= 0.98:
             break
-    model = GradientBoostingClassifier(random_state=0, **params).fit(x, y)
+    model = GradientBoostingClassifier(random_state=0, **params).fit(x, y, sample_weight=weight)
     exported = export_trees(model, x)
     exported["features"] = list(q.PANEL_FEATURES)
     exported["threshold"] = threshold
@@ -295,8 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         f"training accuracy {np.mean((p >= 0.5) == (y == 1)):.3f}"
     )
     markers = train_markers([(n, img, boxes) for n, img, _, boxes in real], synth)
-    panel_real = [(img, it.composite) for it, (_, img, _, _) in zip(tune, real, strict=True)]
-    panels = train_panels([p for p in panel_real if p[1] is not None], synth)
+    panel_real = [(n, img, it.composite) for it, (n, img, _, _) in zip(tune, real, strict=True)]
+    extra = extra_negatives(args.fracatlas)
+    panels = train_panels([p for p in panel_real if p[2] is not None], synth, extra)
     weights = {
         "attribution": ATTRIBUTION,
         "inversion": model,

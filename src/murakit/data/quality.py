@@ -9,7 +9,8 @@ training and prediction run when asked to; :func:`audit` runs every check over a
 and writes ``audit.csv`` plus a page of thumbnails a person can scan.
 
 The detectors are image statistics weighed by small learned models (a logistic regression
-for polarity, boosted trees over marker candidates; about 90 kB of weights shipped in
+for polarity, boosted trees over marker candidates and over seam features for multi-panel
+images; about 150 kB of weights shipped in
 ``quality_weights.json``, learned by ``bench/train_quality_models.py`` from real FracAtlas
 radiographs, CC BY 4.0, Abedeen et al. 2023, doi:10.1038/s41597-023-02432-4, and synthetic
 images), so they run at thousands of images a minute on one core. Their precision and
@@ -128,14 +129,24 @@ class Panels:
 def _shrink(img: np.ndarray, longest: int = PANEL_GRID) -> tuple[np.ndarray, int]:
     """A block-averaged copy whose longer side is at most `longest`, and the factor used.
 
-    Block averaging (not subsampling) keeps thin dark gaps and noise-free levels.
+    Block averaging (not subsampling) keeps thin dark gaps and noise-free levels. The
+    block sums are exact integers added by strided views (several times faster than a
+    mean over a reshaped array, and bit for bit the same result).
     """
     factor = max(1, -(-max(img.shape) // longest))
     if factor == 1:
         return img.astype(np.float32), 1
     h, w = (img.shape[0] // factor) * factor, (img.shape[1] // factor) * factor
-    blocks = img[:h, :w].astype(np.float32).reshape(h // factor, factor, w // factor, factor)
-    return blocks.mean(axis=(1, 3)), factor
+    if img.dtype != np.uint8:
+        blocks = img[:h, :w].astype(np.float32).reshape(h // factor, factor, w // factor, factor)
+        return blocks.mean(axis=(1, 3)), factor
+    rows = np.zeros((h // factor, w), np.int32)
+    for dy in range(factor):
+        rows += img[dy:h:factor, :w]
+    sums = np.zeros((h // factor, w // factor), np.int32)
+    for dx in range(factor):
+        sums += rows[:, dx:w:factor]
+    return sums.astype(np.float32) / np.float32(factor * factor), factor
 
 
 def _ring(img: np.ndarray, width: int) -> np.ndarray:
@@ -833,9 +844,39 @@ PANEL_FEATURES = tuple(
         "side_texture",
         "balance",
         "level_step",
+        "seam_cover",
+        "seam_joint",
+        "seam_cover_at",
+        "seam_sign_at",
+        "seam_anatomy_at",
+        "seam_strip_at",
+        "seam_strip",
+        "seam_level_step",
+        "seam_lines",
+        "seam_off_centre",
+        "seam_faint_cover",
+        "seam_faint_joint",
+        "seam_mismatch_at",
+        "seam_mismatch",
+        "mirror",
     )
 )
 """What :func:`panel_features` measures, in the order the learned weights expect."""
+
+SEAM_GRID = 128
+"""Seams between exposures are looked for on a copy whose longer side is at most this."""
+
+SEAM_SLOPES = np.tan(np.deg2rad(np.arange(-5.0, 5.01, 1.25)))
+"""Seam lines may lean this far off the image axis (a cassette set in slightly askew)."""
+
+SEAM_EDGE = 0.035
+"""A column-to-column step of at least this (gray level / 255 per px) is an edge pixel."""
+
+SEAM_FAINT_EDGE = 0.018
+"""A lower edge level: the step between two exposures' backgrounds can be this faint."""
+
+SEAM_TEXTURE = 0.02
+"""Local standard deviation (gray level / 255) above which a pixel shows anatomy."""
 
 _SLOPES = np.tan(np.deg2rad((-8.0, 0.0, 8.0)))
 
@@ -843,18 +884,20 @@ _SLOPES = np.tan(np.deg2rad((-8.0, 0.0, 8.0)))
 def _line_cover(mask: np.ndarray) -> tuple[float, int, float]:
     """The near-vertical straight line (0 or 8 degrees off, 1 px of wobble) that runs
     through the most rows of `mask` inside the middle 70% of the width: (share of rows,
-    column at mid-height, slope)."""
+    column at mid-height, slope). Counted along every line at once by
+    :func:`_sheared_sums` over the mask grown by 1 px sideways (and by one column beyond
+    each border, where a line's wobble may still reach the image)."""
     h, w = mask.shape
-    rows = np.arange(h)[:, None]
-    offsets = np.arange(h) - h / 2
     lo, hi = int(0.15 * w), int(0.85 * w)
     best = (0.0, w // 2, 0.0)
     if hi - lo < 3:
         return best
-    for slope in _SLOPES:
-        cols = np.arange(w)[None, :] + np.rint(offsets * slope).astype(np.intp)[:, None]
-        hit = np.where((cols >= 0) & (cols < w), mask[rows, np.clip(cols, 0, w - 1)], False)
-        cover = (hit[:, :-2] | hit[:, 1:-1] | hit[:, 2:]).mean(axis=0)  # 1 px of wobble
+    grown = np.zeros((h, w + 2), np.int32)  # column c + 1 holds c - 1..c + 1 of the mask
+    for dx in range(3):
+        grown[:, dx : dx + w] |= mask
+    sums = _sheared_sums(grown, _SLOPES)
+    for slope, counts in zip(_SLOPES, sums, strict=True):
+        cover = counts[2:w] / h  # cover[j]: the line through column j + 1
         k = lo + int(np.argmax(cover[lo - 1 : hi - 1]))
         if cover[k - 1] > best[0]:
             best = (float(cover[k - 1]), k, float(slope))
@@ -903,8 +946,167 @@ def _axis_panel_features(small: np.ndarray, gap: float) -> tuple[dict, int]:
     return features, int(x)
 
 
+def _sheared_sums(mask: np.ndarray, slopes: np.ndarray) -> np.ndarray:
+    """(slopes, width): for each slope and column x, the sum over rows y of
+    ``mask[y, x + round((y - h/2) * slope)]``, i.e. along a straight line through (x, h/2).
+    Rows sharing a shift form bands (the shift is monotone in y), so each band is summed
+    once and shifted as a whole."""
+    h, w = mask.shape
+    out = np.zeros((len(slopes), w), np.int64)
+    offsets = np.arange(h) - h / 2
+    for i, slope in enumerate(slopes):
+        shift = np.rint(offsets * slope).astype(np.intp)
+        starts = np.flatnonzero(np.r_[True, np.diff(shift) != 0])
+        sums = np.add.reduceat(mask, starts, axis=0)
+        for band, start in enumerate(starts):
+            d = int(shift[start])
+            if abs(d) >= w:
+                continue  # the line has left the image in these rows
+            if d >= 0:
+                out[i, : w - d] += sums[band, d:]
+            else:
+                out[i, -d:] += sums[band, : w + d]
+    return out
+
+
+def _seam_features(unit: np.ndarray, texture: np.ndarray) -> dict[str, float]:
+    """Features of the best near-vertical seam of a grid image (values in [0, 1]): how far
+    a straight line of sharp edges runs (either sign: ``seam_cover``; one sign: a step),
+    anatomy on both of its sides (``seam_anatomy_at``: the less textured side's share of
+    textured pixels; a collimator shutter has nothing beyond it), a rising and a falling
+    edge side by side (``seam_strip``: the unexposed strip or lead divider between two
+    exposures), the step in background level across it, how many such lines there are
+    and how far from the centre. ``seam_joint`` weighs straightness against anatomy on
+    both sides, and the ``*_at`` features describe the line that maximises it. The
+    ``seam_faint_*`` features count fainter edges (two exposures' backgrounds can differ
+    by a few gray levels only), and ``seam_mismatch`` how far a horizontal edge runs
+    across one side of a line but not the other: each exposure has its own collimation,
+    so the shutter edges of two exposures stop at the seam, while one exposure's run
+    across it."""
+    h, w = unit.shape
+    along = ndimage.uniform_filter1d(unit, 3, axis=0)
+    grad = np.zeros_like(along)
+    grad[:, 1:-1] = (along[:, 2:] - along[:, :-2]) / 2
+    rise, fall = grad > SEAM_EDGE, grad < -SEAM_EDGE
+    rise[:, 1:] |= rise[:, :-1].copy()  # 1 px of wobble either way
+    rise[:, :-1] |= rise[:, 1:].copy()
+    fall[:, 1:] |= fall[:, :-1].copy()
+    fall[:, :-1] |= fall[:, 1:].copy()
+    faint = np.abs(grad) > SEAM_FAINT_EDGE
+    faint[:, 1:] |= faint[:, :-1].copy()
+    faint[:, :-1] |= faint[:, 1:].copy()
+    code = rise.astype(np.int64) + (fall.astype(np.int64) << 10)
+    code += (rise | fall).astype(np.int64) << 20
+    code += faint.astype(np.int64) << 30  # four counts (< 1024 rows each) in one sum
+    sums = _sheared_sums(code, SEAM_SLOPES)
+    rising = ((sums & 1023) / h).max(axis=0)
+    falling = (((sums >> 10) & 1023) / h).max(axis=0)
+    cover = (((sums >> 20) & 1023) / h).max(axis=0)
+    faint_cover = ((sums >> 30) / h).max(axis=0)
+    one_sign = np.maximum(rising, falling)
+    reach = max(2, w // 12)
+    strip = np.minimum(
+        ndimage.maximum_filter1d(rising, 2 * reach + 1),
+        ndimage.maximum_filter1d(falling, 2 * reach + 1),
+    )
+    column = np.r_[0.0, np.cumsum(texture.mean(axis=0))]
+    band, span = max(2, w // 30), int(0.4 * w)
+    x = np.arange(w)
+    la, lb = np.clip(x - span, 0, w), np.clip(x - band, 0, w)
+    ra, rb = np.clip(x + band + 1, 0, w), np.clip(x + span + 1, 0, w)
+    left = (column[lb] - column[la]) / np.maximum(lb - la, 1)
+    right = (column[rb] - column[ra]) / np.maximum(rb - ra, 1)
+    anatomy = np.minimum(left, right)
+    lo, hi = int(0.12 * w), int(0.88 * w)
+    if hi - lo < 3:
+        return dict.fromkeys(_SEAM_NAMES, 0.0)
+    mid = slice(lo, hi)
+    joint = np.minimum(cover[mid], anatomy[mid] / 0.3)
+    faint_joint = np.minimum(faint_cover[mid], anatomy[mid] / 0.3)
+    k = int(np.argmax(joint))
+    at = lo + k
+    # horizontal edges (collimation) that run across one side of a line and not the other
+    across = ndimage.uniform_filter1d(unit, 3, axis=1)
+    edge = np.zeros(unit.shape, bool)
+    edge[1:-1] = np.abs(across[2:] - across[:-2]) / 2 > SEAM_EDGE
+    edge[1:] |= edge[:-1].copy()
+    edge[:-1] |= edge[1:].copy()
+    cum = np.concatenate([np.zeros((h, 1)), np.cumsum(edge, axis=1)], axis=1)
+    near, far = int(0.05 * w) + 1, int(0.3 * w) + 1
+    xs = np.arange(lo, hi)
+    l0, l1 = np.clip(xs - far, 0, w), np.clip(xs - near, 0, w)
+    r0, r1 = np.clip(xs + near, 0, w), np.clip(xs + far, 0, w)
+    left_edges = (cum[:, l1] - cum[:, l0]) / np.maximum(l1 - l0, 1)
+    right_edges = (cum[:, r1] - cum[:, r0]) / np.maximum(r1 - r0, 1)
+    mismatch = np.abs(left_edges - right_edges).max(axis=0)
+    level = np.partition(unit, h // 5, axis=0)[h // 5]  # 20th percentile of each column
+    r = max(3, w // 10)
+    step = 0.0
+    if 1 <= at < w - 2:
+        step = abs(
+            float(np.median(level[max(0, at - r) : max(1, at - 1)]))
+            - float(np.median(level[at + 2 : at + r + 1]))
+        )
+    return {
+        "seam_cover": float(cover[mid].max()),
+        "seam_joint": float(joint[k]),
+        "seam_cover_at": float(cover[at]),
+        "seam_sign_at": float(one_sign[at]),
+        "seam_anatomy_at": float(anatomy[at]),
+        "seam_strip_at": float(strip[at]),
+        "seam_strip": float(strip[mid].max()),
+        "seam_level_step": step,
+        "seam_lines": float(
+            np.count_nonzero(np.diff(np.r_[0, cover[mid] > 0.6].astype(np.int8)) == 1)
+        ),
+        "seam_off_centre": abs(at / w - 0.5),
+        "seam_faint_cover": float(faint_cover[mid].max()),
+        "seam_faint_joint": float(faint_joint.max()),
+        "seam_mismatch_at": float(mismatch[k]),
+        "seam_mismatch": float(np.minimum(mismatch, anatomy[mid] / 0.3).max()),
+    }
+
+
+def _mirror_similarity(small: np.ndarray) -> float:
+    """How alike the two sides of the best vertical mirror line (placed at 35-65% of the
+    width) are: the correlation of the left part with the mirrored right part. Both limbs
+    in one exposure are mirror images of each other; two separate exposures usually show
+    different projections (an AP beside a lateral)."""
+    h, w = small.shape
+    best = -1.0
+    for c in range(int(0.35 * w), int(0.65 * w) + 1):
+        k = min(c, w - c)
+        if k < 2:
+            continue
+        left = small[:, c - k : c].ravel()
+        right = small[:, c : c + k][:, ::-1].ravel()
+        left, right = left - left.mean(), right - right.mean()
+        norm = float(np.sqrt((left @ left) * (right @ right)))
+        best = max(best, float(left @ right) / (norm + 1e-9))
+    return best
+
+
+_SEAM_NAMES = (
+    "seam_cover",
+    "seam_joint",
+    "seam_cover_at",
+    "seam_sign_at",
+    "seam_anatomy_at",
+    "seam_strip_at",
+    "seam_strip",
+    "seam_level_step",
+    "seam_lines",
+    "seam_off_centre",
+    "seam_faint_cover",
+    "seam_faint_joint",
+    "seam_mismatch_at",
+    "seam_mismatch",
+)
+
+
 def panel_features(img: np.ndarray) -> tuple[dict[str, float], dict[str, int]]:
-    """:func:`_axis_panel_features` for vertical (x) and horizontal (y) boundaries of an
+    """:func:`_axis_panel_features`, :func:`_seam_features` and
+    :func:`_mirror_similarity` for vertical (x) and horizontal (y) boundaries of an
     upright image, and where each axis would be cut (image pixels): in the dark gap when
     there is one, else on the straight boundary."""
     fine, fine_factor = _shrink(img, PANEL_GRID)
@@ -918,6 +1120,15 @@ def panel_features(img: np.ndarray) -> tuple[dict[str, float], dict[str, int]]:
     unit = ndimage.uniform_filter(small, 3) / 255.0
     fx, line_x = _axis_panel_features(unit, gap_x)
     fy, line_y = _axis_panel_features(unit.T, gap_y)
+    seam, _ = _shrink(img, SEAM_GRID)
+    seam /= 255.0
+    mean = ndimage.uniform_filter(seam, 5)
+    texture = ndimage.uniform_filter(seam * seam, 5) - mean * mean > SEAM_TEXTURE**2
+    fx |= _seam_features(seam, texture)
+    fy |= _seam_features(seam.T, texture.T)
+    mirror = _shrink(img, 64)[0].astype(np.float64) / 255.0
+    fx["mirror"] = _mirror_similarity(mirror)
+    fy["mirror"] = _mirror_similarity(mirror.T)
     features = {f"x_{k}": v for k, v in fx.items()} | {f"y_{k}": v for k, v in fy.items()}
     if max(gap_x, gap_y) >= 0.1:
         cuts = {
@@ -931,9 +1142,12 @@ def panel_features(img: np.ndarray) -> tuple[dict[str, float], dict[str, int]]:
 
 def detect_panels(img: np.ndarray, *, inverted: bool | None = None) -> Panels:
     """Find several radiographs (separate exposures) in one image: boosted trees over
-    :func:`panel_features` (a dark gap between films, a straight boundary running the
-    whole height with anatomy on both sides, a step in background level), learned from
-    real FracAtlas tuning images and synthetic images. The cut goes where the gap is."""
+    :func:`panel_features` (a dark gap between films; a straight seam of sharp or faint
+    edges running the whole height with anatomy on both sides; an unexposed strip; a step
+    in background level; collimation edges that stop at the seam; how alike the two sides
+    are as mirror images, since both limbs in one exposure are), learned from real
+    FracAtlas tuning images, unlabelled FracAtlas single exposures and synthetic images.
+    The cut goes where the gap is."""
     upright = _upright(img, inverted)
     features, cuts = panel_features(upright)
     model = learned_weights()["panels"]
@@ -1163,13 +1377,14 @@ def write_audit_csv(path: Path, checks: Sequence[ImageCheck]) -> None:
 
 def run_checks(
     images: Sequence[ImageRecord],
-    workers: int = 0,
+    workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[ImageCheck]:
-    """Check every image, in parallel processes, keeping the input order."""
-    workers = workers or os.cpu_count() or 1
+    """Check every image, in parallel processes, keeping the input order. `workers`: worker
+    processes, 0 = none (check in this process), None = one per CPU core."""
+    workers = (os.cpu_count() or 1) if workers is None else workers
     total = len(images)
-    pool = ProcessPoolExecutor(workers) if workers > 1 and total >= 32 else None
+    pool = ProcessPoolExecutor(workers) if workers > 0 and total >= 32 else None
     results = pool.map(_check_record, images, chunksize=16) if pool else map(_check_record, images)
     checks = []
     try:
@@ -1187,13 +1402,13 @@ def run_checks(
 def audit(
     index_images: Sequence[ImageRecord],
     out_dir: Path | None = None,
-    workers: int = 0,
+    workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> AuditResult:
     """Check every image and count flags per part; with `out_dir`, also write
     out_dir/audit.csv (nothing is written without it).
 
-    `progress(done, total)` is called after each image.
+    `progress(done, total)` is called after each image; `workers` as in :func:`run_checks`.
     """
     checks = run_checks(index_images, workers, progress)
     csv_path = None

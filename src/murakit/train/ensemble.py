@@ -1,7 +1,8 @@
 """Ensembles: train N members, keep the K with the lowest validation loss.
 
 An ensemble directory holds members/member-NN/ (ordinary run directories), ensemble.json
-(every member with its figures, `kept` marking the chosen ones) and members.csv.
+(every member with its figures, `kept` marking the chosen ones), members.csv and
+provenance.json (:mod:`murakit.train.provenance`).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def select_members(run_dirs: Sequence[Path], keep: int) -> list[MemberSummary]:
 
 
 def write_ensemble(ens_dir: Path, members: Sequence[MemberSummary]) -> None:
-    """ensemble.json and members.csv; run paths are stored relative to ens_dir when inside."""
+    """ensemble.json, members.csv and provenance.json; run paths are stored relative to
+    ens_dir when inside."""
     ens_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for member in members:
@@ -107,6 +109,10 @@ def write_ensemble(ens_dir: Path, members: Sequence[MemberSummary]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(ens_dir / "members.csv", buffer.getvalue())
+    from murakit.train.provenance import write_ensemble_provenance
+
+    configs = [TrainConfig.load(Path(m.run_dir) / "config.json") for m in members]
+    write_ensemble_provenance(ens_dir, members, configs)
 
 
 def member_dirs(ens_dir: Path, n_models: int) -> list[Path]:
