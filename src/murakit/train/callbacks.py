@@ -17,7 +17,8 @@ The trainer (:func:`murakit.train.loop.train_run`) calls, on the main process on
 
 :class:`Callback` implements every hook as a no-op; subclass it and override what you need.
 The run's record is itself written by callbacks that :func:`train_run` always installs first:
-:class:`MetricsCSV` (metrics.csv) and :class:`LossCurve` (loss_curve.png). :class:`TextLog`
+:class:`MetricsCSV` (metrics.csv) and :class:`LossCurve` (loss_curve.png), then
+:class:`murakit.train.provenance.RunProvenance` (provenance.json). :class:`TextLog`
 prints plain lines (ensemble members' train.log); :class:`TensorBoard` writes event files
 (``pip install murakit[tensorboard]``). The command line's progress bars are a callback too
 (``murakit.progress.RichTrainProgress``); nothing here draws on a terminal or imports torch.
@@ -90,6 +91,7 @@ class TrainStart:
     epochs_done: int  # > 0 or step > 0: the run resumes from last.pt
     step: int  # batches already done in epoch epochs_done + 1
     stop: StopRequest
+    precision: str = ""  # what autocast actually runs: "bf16", "fp16" or "fp32"
 
     @property
     def resumed(self) -> bool:

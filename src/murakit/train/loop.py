@@ -1,10 +1,11 @@
 """Train one model into a run directory, resumably.
 
-The run directory is the unit of record: config.json, metrics.csv (one row per epoch),
-loss_curve.png, best.pt (lowest validation loss) and last.pt (the :class:`TrainState`,
-everything needed to continue, including a mid-epoch position after a stop), each written
-atomically. Progress and messages go to callbacks (:mod:`murakit.train.callbacks`); the
-library prints nothing itself.
+The run directory is the unit of record: config.json (the recipe asked), provenance.json
+(what ran: versions, hardware, precision used, data and checkpoint hashes), metrics.csv (one
+row per epoch), loss_curve.png, best.pt (lowest validation loss) and last.pt (the
+:class:`TrainState`, everything needed to continue, including a mid-epoch position after a
+stop), each written atomically. Progress and messages go to callbacks
+(:mod:`murakit.train.callbacks`); the library prints nothing itself.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from murakit.train.callbacks import (
 )
 from murakit.train.data import TrainData, build_data, load_records
 from murakit.train.loss import box_guidance_loss, weighted_bce
+from murakit.train.provenance import RunProvenance, precision_name
 from murakit.train.state import (
     CHECKPOINT_FORMAT,
     RunDirError,
@@ -130,12 +132,13 @@ def train_run(
 ) -> RunResult:
     """Train (or continue, with `resume`) the run at `out` with `config`.
 
-    `callbacks` receive progress and messages (after the run's record writers, metrics.csv
-    and loss_curve.png); `stop` may be set to stop cleanly, and ``stop_signals=True`` sets it
-    on Ctrl-C / SIGTERM. `records` = (train, valid) replaces the dataset's index."""
+    `callbacks` receive progress and messages (after the run's record writers: metrics.csv,
+    loss_curve.png, provenance.json); `stop` may be set to stop cleanly, and
+    ``stop_signals=True`` sets it on Ctrl-C / SIGTERM. `records` = (train, valid) replaces
+    the dataset's index."""
     out = Path(out)
     ctx = distributed.init_from_env(config.device)
-    events = CallbackList([*record_callbacks(), *callbacks] if ctx.is_main else [])
+    events = CallbackList([*record_callbacks(), RunProvenance(), *callbacks] if ctx.is_main else [])
     stop = stop or StopRequest()
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
@@ -172,6 +175,7 @@ def train_run(
             epochs_done=state.epochs_done,
             step=state.step,
             stop=stop,
+            precision=precision_name(runtime.amp_dtype),
         )
     )
 
