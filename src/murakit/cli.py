@@ -791,14 +791,25 @@ def audit(
 def predict(
     model: ModelOpt,
     paths: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
-            help="Images, study folders (their images form one study) or folders of studies."
+            help="Images, study folders (their images form one study) or folders of studies.",
+            show_default=False,
         ),
-    ],
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Write predictions here (default: print them)."),
+    ] = None,
+    mura_csv: Annotated[
+        Path | None,
+        typer.Option(
+            "--mura-csv",
+            help="MURA's submission convention, instead of PATHS: read a header-less CSV of "
+            "image paths (relative to the current directory) and write one header-less "
+            "study_path,label line per study (1 = abnormal at the threshold), in input order.",
+            dir_okay=False,
+        ),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="json | csv.")] = "json",
     backend: Annotated[str, typer.Option(help="torch | onnx (see `murakit export`).")] = "torch",
@@ -821,12 +832,14 @@ def predict(
     """P(abnormal) per image and per study for new studies (PNG, JPEG, DICOM)."""
     from murakit.infer.model import Model, ModelDirError
     from murakit.infer.studies import PredictInputError, collect_studies
-    from murakit.predict import predict_studies, write_predictions
+    from murakit.predict import predict_studies, read_mura_csv, write_predictions
 
+    if bool(paths) == (mura_csv is not None):
+        fail("give either PATHS or --mura-csv FILE", 2)
     if fmt not in ("json", "csv"):
         fail(f"--format must be json or csv, not {fmt!r}")
     try:
-        studies = collect_studies(paths)
+        studies = read_mura_csv(mura_csv) if mura_csv else collect_studies(paths)
         loaded = Model.load(model, device=device)
         n_images = sum(len(s.paths) for s in studies)
         with progress_bar(console=err_console, transient=True) as bar:
@@ -844,6 +857,9 @@ def predict(
             )
     except (PredictInputError, ModelDirError, FileNotFoundError, ValueError) as err:
         fail(str(err))
+    if mura_csv is not None:
+        _write_mura(result, studies, out)
+        return
     write_predictions(result, out, fmt)
     for error in result.errors:
         err_console.print(f"[red]unreadable:[/] {error.path}: {error.error}", highlight=False)
@@ -851,6 +867,20 @@ def predict(
         err_console.print(f"wrote {len(result.studies)} studies to {out}")
     if result.errors and not result.studies:
         raise typer.Exit(1)
+
+
+def _write_mura(result, studies, out: Path | None) -> None:
+    """predict --mura-csv's output; exit 1 when a study has no readable image (MURA's scorer
+    needs a line for every study)."""
+    from murakit.predict import write_mura_predictions
+
+    missing = write_mura_predictions(result, studies, out)
+    for error in result.errors:
+        err_console.print(f"[red]unreadable:[/] {error.path}: {error.error}", highlight=False)
+    if out:
+        err_console.print(f"wrote {len(studies) - len(missing)} studies to {out}")
+    if missing:
+        fail(f"{len(missing)} studies left out (no readable image): {', '.join(missing)}")
 
 
 @app.command()

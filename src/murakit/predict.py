@@ -152,3 +152,83 @@ def write_predictions(result: PredictionResult, out: Path | None, fmt: str = "js
     from murakit.fsutil import atomic_write_text
 
     atomic_write_text(Path(out), text)
+
+
+# ------------------------------------------------------------------------------ MURA's convention
+
+_PART = re.compile(r"^XR_[A-Z0-9_]+$")
+
+
+def read_mura_csv(path: str | Path, base: str | Path | None = None) -> list[StudyInput]:
+    """The studies of a MURA image list: a header-less CSV with one image path per line (the
+    format of MURA's ``valid_image_paths.csv``), each relative to `base` (default: the current
+    directory, as MURA's evaluation runs from the folder holding ``MURA-v1.1/``).
+
+    A study is the folder of its images, keyed by that folder's path as written in the CSV,
+    with its trailing slash (``MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/``; the
+    folder may lack ``_positive``/``_negative``, as in MURA's hidden test split); studies come
+    in the order of their first image. Raises PredictInputError for an empty list or a listed
+    file that does not exist (naming the line)."""
+    from murakit.infer.studies import PredictInputError
+
+    path, base = Path(path), Path(base) if base is not None else Path.cwd()
+    studies: dict[str, StudyInput] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError) as err:
+        raise PredictInputError(f"{path}: cannot read ({err})") from None
+    for line, row in enumerate(rows, start=1):
+        image = row[0].strip() if row else ""
+        if not image:
+            continue
+        file = base / image
+        if not file.is_file():
+            raise PredictInputError(
+                f"{path}, line {line}: {image}: no such file under {base} (MURA's paths are "
+                "relative to the folder holding MURA-v1.1/: run from there)"
+            )
+        folder = image.replace("\\", "/").rsplit("/", 1)[0] + "/" if "/" in image else "./"
+        study = studies.get(folder)
+        if study is None:
+            part = next((p.upper() for p in folder.split("/") if _PART.match(p.upper())), None)
+            study = studies[folder] = StudyInput(folder, part, [], file.parent)
+        study.paths.append(file)
+    if not studies:
+        raise PredictInputError(f"{path}: lists no image paths")
+    return list(studies.values())
+
+
+def format_mura_predictions(
+    result: PredictionResult, studies: Sequence[StudyInput]
+) -> tuple[str, list[str]]:
+    """MURA's submission file: one header-less ``study_path,label`` line per study of
+    `studies` (label 1 when the study's probability is at or above the result's threshold,
+    else 0), in their order; and the studies left out because none of their images could be
+    read."""
+    by_key = {s.study: s for s in result.studies}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    missing = []
+    for study in studies:
+        predicted = by_key.get(study.study)
+        if predicted is None:
+            missing.append(study.study)
+            continue
+        writer.writerow([study.study, int(predicted.probability >= result.threshold)])
+    return buffer.getvalue(), missing
+
+
+def write_mura_predictions(
+    result: PredictionResult, studies: Sequence[StudyInput], out: Path | None
+) -> list[str]:
+    """:func:`format_mura_predictions` to `out` (atomically) or stdout; the studies left out."""
+    text, missing = format_mura_predictions(result, studies)
+    if out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        from murakit.fsutil import atomic_write_text
+
+        atomic_write_text(Path(out), text)
+    return missing
