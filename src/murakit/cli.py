@@ -531,6 +531,21 @@ def _print_members(members, out: Path) -> None:
         )
     console.print(table)
     console.print(f"wrote {out / 'ensemble.json'} and {out / 'members.csv'}")
+    _write_model_card(out)
+
+
+def _write_model_card(model_dir: Path) -> None:
+    """Write or refresh MODEL_DIR/MODEL_CARD.md (after training an ensemble, evaluating, or
+    writing the report); a card that cannot be written is a warning, not a failure."""
+    from murakit.report.html import ReportError
+    from murakit.report.model_card import write_model_card
+
+    try:
+        path = write_model_card(model_dir)
+    except (ReportError, OSError, ValueError) as err:
+        err_console.print(f"[yellow]model card not written:[/] {err}", highlight=False)
+        return
+    console.print(f"wrote {path}")
 
 
 def part_table(metrics: dict, reference: dict | None = None, title: str | None = None) -> Table:
@@ -630,6 +645,7 @@ def evaluate(
     console.print(
         f"wrote {result.out_dir}/metrics.json, study_predictions.csv, image_predictions.csv"
     )
+    _write_model_card(model)
 
 
 @app.command()
@@ -731,14 +747,16 @@ def report(
         typer.Option(help="Dataset folder for the dataset table (default: the model's)."),
     ] = None,
 ) -> None:
-    """Write a self-contained report.html (opens from disk, no network) into MODEL_DIR."""
+    """Write a self-contained report.html (opens from disk, no network) into MODEL_DIR, and
+    refresh the model card it links to (MODEL_CARD.md)."""
     from murakit.report.html import ReportError, build_report
+    from murakit.report.model_card import MODEL_CARD_FILE
 
     try:
         path = build_report(model_dir, data_root=data)
     except ReportError as err:
         fail(str(err))
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path} and {model_dir / MODEL_CARD_FILE}")
 
 
 @app.command()

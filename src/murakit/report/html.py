@@ -5,6 +5,7 @@ file opens from disk anywhere and can be mailed or archived as the record of a m
 reads whatever the pipeline has written so far (config, per-epoch metrics, evaluation
 folders, CAMs, augmentation preview) and says plainly, with the command to run, what is
 missing, so a half-finished model still gets a useful page.
+It links the model card (MODEL_CARD.md, :mod:`murakit.report.model_card`) written beside it.
 
 This module gathers the data into small objects (one per section) and draws the figures;
 the markup is the Jinja2 templates in ``templates/`` (``report.html.j2`` and the ``base``
@@ -779,11 +780,29 @@ def _augment_section(model: ModelInfo) -> Augmentation | Missing:
     return Augmentation(image_uri(path))
 
 
+@dataclass
+class ModelCardLink:
+    """MODEL_CARD.md beside the report: linked, and its text inline (the page stays
+    self-contained when mailed alone)."""
+
+    href: str
+    text: str
+
+
+def _model_card(model_dir: Path, name: str) -> ModelCardLink | None:
+    try:
+        return ModelCardLink(name, (model_dir / name).read_text(encoding="utf-8"))
+    except OSError:
+        return None
+
+
 def render_report(model_dir: Path, *, data_root: Path | None = None) -> str:
     """The report's HTML text for the run or ensemble at model_dir."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ReportError(f"{model_dir}: model folder not found")
+    from murakit.report.model_card import MODEL_CARD_FILE
+
     model = read_model(model_dir)
     evaluations = find_evaluations(model_dir)
     header = _header(model)
@@ -791,6 +810,7 @@ def render_report(model_dir: Path, *, data_root: Path | None = None) -> str:
         "report.html.j2",
         title=header.title,
         header=header,
+        model_card=_model_card(model_dir, MODEL_CARD_FILE),
         headline=_headline(model, evaluations),
         notes=model.notes,
         dataset=_dataset_section(model, data_root, evaluations),
@@ -804,8 +824,15 @@ def render_report(model_dir: Path, *, data_root: Path | None = None) -> str:
 
 
 def build_report(model_dir: Path, *, data_root: Path | None = None) -> Path:
-    """Write model_dir/report.html atomically (a reader never sees half a page); its path."""
+    """Write model_dir/report.html atomically (a reader never sees half a page), after
+    refreshing the model card it links to (MODEL_CARD.md); the report's path."""
+    from murakit.report.model_card import write_model_card
+
     model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ReportError(f"{model_dir}: model folder not found")
+    read_model(model_dir)  # not a model folder: ReportError before anything is written
+    write_model_card(model_dir)
     text = render_report(model_dir, data_root=data_root)
     path = model_dir / REPORT_FILE
     atomic_write_text(path, text)
