@@ -89,3 +89,44 @@ def test_a_bad_choice_stops_before_anything_is_written(command, tmp_path):
     assert result.exit_code == 2, result.output
     assert "focal" in result.output
     assert not out.exists()
+
+
+def test_validate_lists_every_problem_at_once(tmp_path):
+    from murakit.model.densenet import ARCHS
+
+    assert make_config("demo", data=str(tmp_path)).validate(ARCHS).arch == "densenet-mini"
+    bad = make_config(
+        "demo",
+        data=str(tmp_path / "nowhere"),
+        arch="densenet-huge",
+        epochs=0,
+        size=8,
+        lr=0.0,
+        workers=-1,
+        device="cuda:first",
+        threshold_slice=0.9,
+        weights=str(tmp_path / "missing.pt"),
+        loss="focal",
+    )
+    with pytest.raises(ValueError) as raised:
+        bad.validate(ARCHS)
+    problems = str(raised.value).splitlines()[1:]
+    named = [p.split()[1].rstrip(":") for p in problems]
+    assert sorted(named) == sorted(
+        ["size", "epochs", "loss", "workers", "device", "threshold_slice", "lr", "arch",
+         "weights", "data"]
+    ), problems  # fmt: skip
+    # without files=True the paths are not looked at (--print-config of a recipe for elsewhere)
+    assert len(bad.problems(ARCHS, files=False)) == len(problems) - 2
+    assert TrainConfig.from_preset("demo", device="cuda:1").problems() == []
+
+
+def test_train_ensemble_checks_the_recipe_before_making_a_folder(tmp_path):
+    from murakit.train.ensemble import train_ensemble, train_ensemble_member
+
+    config = make_config("demo", data=str(tmp_path), arch="resnet50", epochs=1)
+    with pytest.raises(ValueError, match="arch 'resnet50' is not one of"):
+        train_ensemble(config, tmp_path / "ens", 2, 1)
+    with pytest.raises(ValueError, match="arch 'resnet50' is not one of"):
+        train_ensemble_member(config, tmp_path / "ens", 1)
+    assert not (tmp_path / "ens").exists()

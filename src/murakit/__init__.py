@@ -53,14 +53,15 @@ def audit_dataset(
     *,
     splits: tuple[str, ...] = ("train", "valid"),
     out_dir: str | Path | None = None,
-    workers: int = 0,
+    workers: int | None = None,
 ) -> list[ImageCheck]:
     """Run the data-quality checks (inverted polarity, letter markers, several radiographs in
     one image, technical problems, duplicates) on every image of the dataset at ``root``.
 
     Returns one :class:`~murakit.data.quality.ImageCheck` per image (``.row()`` is its
     audit.csv row). Writes nothing unless ``out_dir`` is given: then audit.csv and the
-    audit.html page a person opens. ``workers`` 0 means all cores.
+    audit.html page a person opens. ``workers``: worker processes, 0 = none (check in
+    this process), None (the default) = one per CPU core.
     """
     from murakit.data.index import load_index
     from murakit.data.quality import audit

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -26,11 +27,19 @@ app = typer.Typer(
         "pipeline on a small synthetic dataset."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+
+
+class SplitName(str, Enum):
+    """A dataset split, for options that take several (typer's lists take no Literal)."""
+
+    train = "train"
+    valid = "valid"
+
 
 RootArg = Annotated[
     Path, typer.Argument(help="Dataset folder holding MURA's CSVs (e.g. MURA-v1.1/).")
@@ -38,8 +47,57 @@ RootArg = Annotated[
 
 
 def fail(message: str, code: int = 1) -> None:
+    """Print `message` as an error and exit with `code` (2: the command line was wrong and
+    nothing was done, as for an option click rejects)."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from murakit import __version__
+
+        print(f"murakit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """murakit finds abnormal musculoskeletal radiographs."""
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+def _workers(what: str) -> typer.models.OptionInfo:
+    """--workers of the commands that work in parallel processes: 0 = none (PyTorch's
+    DataLoader meaning, as for `train` and `evaluate`); default (None) one per CPU core."""
+    return typer.Option(
+        min=0,
+        show_default=False,
+        help=f"Worker processes {what} (0 = none: work in this process; default: one per CPU "
+        f"core, {_cores()} here).",
+    )
+
+
+def _check_device(value: str | None) -> str | None:
+    """--device, checked while parsing: auto, cpu, cuda or cuda:N."""
+    from murakit.config import check_device
+
+    if value is None:
+        return value
+    try:
+        return check_device(value)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 @app.command()
@@ -54,7 +112,7 @@ def stats(
             "--check-files", help="Open every listed image; list missing/undecodable ones."
         ),
     ] = False,
-    workers: Annotated[int, typer.Option(help="Processes for --check-files (0 = all cores).")] = 0,
+    workers: Annotated[int | None, _workers("for --check-files")] = None,
 ) -> None:
     """Per-body-part counts of normal/abnormal images, studies and patients, train and valid."""
     from murakit.data.index import DatasetError, load_index
@@ -122,7 +180,7 @@ def synth(
     difficulty: Annotated[
         float, typer.Option(help="0 = obvious findings, 1 = subtle ones.", min=0.0, max=1.0)
     ] = 0.5,
-    workers: Annotated[int, typer.Option(help="Processes (0 = all cores).")] = 0,
+    workers: Annotated[int | None, _workers("drawing the radiographs")] = None,
     findings: Annotated[
         str,
         typer.Option(
@@ -311,8 +369,9 @@ def import_csv_cmd(
 
 def _recipe_parameters(help_overrides: dict[str, str]) -> list[inspect.Parameter]:
     """The recipe options of `train` and `ensemble train`, built from TrainConfig's own
-    description of its fields (murakit.config.recipe_options): flag, help, choices, bounds.
-    Every one defaults to None (= keep the preset's value), except --preset itself."""
+    description of its fields (murakit.config.recipe_options): flag, help, choices, bounds,
+    patterns (checked while parsing), then --config and --print-config. Every recipe option
+    defaults to None: keep the --config file's value, else the preset's."""
     from murakit.config import recipe_options
 
     params = []
@@ -324,17 +383,49 @@ def _recipe_parameters(help_overrides: dict[str, str]) -> list[inspect.Parameter
             help=help_overrides.get(option.name, option.help),
             min=option.min,
             max=option.max,
+            callback=_pattern_check(option) if option.pattern else None,
         )
-        is_preset = option.name == "preset"
         params.append(
             inspect.Parameter(
                 option.name,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=option.default if is_preset else None,
-                annotation=Annotated[kind if is_preset else kind | None, info],
+                default=None,
+                annotation=Annotated[kind | None, info],
+            )
+        )
+    config_file = typer.Option(
+        "--config",
+        help="Recipe file (YAML or JSON, e.g. a run's config.json); the options given on the "
+        "command line override it.",
+        dir_okay=False,
+    )
+    print_config = typer.Option(
+        "--print-config",
+        help="Print the resolved recipe as YAML (a valid --config file) and exit; writes nothing.",
+    )
+    for name, annotation, default in (
+        ("config_file", Annotated[Path | None, config_file], None),
+        ("print_config", Annotated[bool, print_config], False),
+    ):
+        params.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
             )
         )
     return params
+
+
+def _pattern_check(option):
+    """A click callback that rejects a value not matching the option's pattern (exit 2,
+    before anything runs), e.g. --device tpu."""
+    import re
+
+    def check(value):
+        if value is not None and not re.fullmatch(option.pattern, str(value)):
+            raise typer.BadParameter(f"{value!r} is not one of: {option.help.rstrip('.')}")
+        return value
+
+    return check
 
 
 def _with_recipe_options(**help_overrides: str):
@@ -363,17 +454,60 @@ def _with_recipe_options(**help_overrides: str):
     return decorate
 
 
-def _train_options(data: Path, recipe: dict):
-    """A TrainConfig from --preset plus the recipe flags the user gave (None = keep the
-    preset's)."""
-    from murakit.config import make_config
+def _train_options(data: Path | None, recipe: dict):
+    """The resolved recipe: the --config file (its missing fields from its preset, or from
+    --preset when given), else --preset (default reference); then the recipe flags the user
+    gave (None = keep). Validated as a whole (every problem listed, exit 2) before anything is
+    written; with --print-config it is printed as YAML and the command exits."""
+    from murakit.config import TrainConfig
 
-    overrides = dict(recipe)
-    preset = overrides.pop("preset")
+    overrides = {k: v for k, v in recipe.items() if v is not None}
+    config_file = overrides.pop("config_file", None)
+    print_config = overrides.pop("print_config", False)
+    preset = overrides.pop("preset", None)
     try:
-        return make_config(preset, data=str(data.expanduser().resolve()), **overrides)
+        if config_file is not None:
+            config = TrainConfig.load(config_file, preset=preset)
+        else:
+            config = TrainConfig.from_preset(preset or "reference")
+        if data is not None:
+            overrides["data"] = str(data)
+        config = config.replace(**overrides)
+        if config.data:
+            config = config.replace(data=str(Path(config.data).expanduser().resolve()))
+        for key in ("cache", "weights"):  # "~/..." in a recipe file, as the shell would
+            if getattr(config, key).startswith("~"):
+                config = config.replace(**{key: str(Path(getattr(config, key)).expanduser())})
     except ValueError as err:
-        fail(str(err))
+        fail(str(err), code=2)
+    if not print_config and not config.data:
+        fail(
+            "--data is required for a new run (the folder holding MURA's CSVs), "
+            "or `data:` in the --config file",
+            code=2,
+        )
+    _validate_recipe(config, files=not print_config)
+    if print_config:
+        _print_recipe(config)
+    return config
+
+
+def _validate_recipe(config, files: bool = True) -> None:
+    """TrainConfig.validate against the model layer's architectures (torch is imported here,
+    after parsing: `--help` stays fast); exit 2 listing every problem."""
+    from murakit.model.densenet import ARCHS
+
+    try:
+        config.validate(ARCHS, files=files)
+    except ValueError as err:
+        fail(str(err), code=2)
+
+
+def _print_recipe(config) -> None:
+    """--print-config: the recipe as YAML on stdout, nothing written; the command ends."""
+    sys.stdout.write(config.to_yaml())
+    sys.stdout.flush()
+    raise typer.Exit(0)
 
 
 def _train_progress():
@@ -391,16 +525,21 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt.")] = False,
     **recipe,
 ) -> None:
-    """Train one DenseNet into a run directory (config, metrics.csv, loss curve, best.pt)."""
+    """Train one DenseNet into a run directory (config, metrics.csv, loss curve, best.pt).
+
+    The recipe: --config FILE (YAML or JSON; a run's config.json works), else --preset; the
+    options given override it. --print-config shows the result and exits."""
     from murakit.train.loop import RunDirError, prepare_run_dir, train_run
 
     config = None
     if not resume:
-        if data is None:
-            fail("--data is required for a new run (the folder holding MURA's CSVs)")
         config = _train_options(data, recipe)
+    elif recipe["config_file"] is not None:
+        fail("--resume continues with the run's own config.json; --config starts a new run", 2)
     try:
         config = prepare_run_dir(out, config, resume, recipe["epochs"])
+        if recipe["print_config"]:
+            _print_recipe(config)
         with _train_progress() as progress:
             result = _run_training(
                 lambda: train_run(
@@ -455,19 +594,66 @@ app.add_typer(ensemble_app, name="ensemble")
 @_with_recipe_options(epochs="Epochs per member.", seed="First member's seed.")
 def ensemble_train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Ensemble directory.")],
-    data: Annotated[Path, typer.Option(help="Dataset folder (MURA-v1.1/).")],
-    models: Annotated[int, typer.Option(help="Members to train (seeds seed..seed+N-1).")] = 15,
-    keep: Annotated[int, typer.Option(help="Members kept (lowest validation loss).")] = 4,
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset folder (MURA-v1.1/), or `data:` in --config.")
+    ] = None,
+    models: Annotated[
+        int, typer.Option(help="Members to train (seeds seed..seed+N-1).", min=1)
+    ] = 15,
+    keep: Annotated[int, typer.Option(help="Members kept (lowest validation loss).", min=1)] = 4,
     parallel: Annotated[
         int,
-        typer.Option(help="Members trained at once (one per GPU, or CPU processes sharing cores)."),
+        typer.Option(
+            help="Members trained at once (one per GPU, or CPU processes sharing cores).", min=1
+        ),
     ] = 1,
+    member: Annotated[
+        int | None,
+        typer.Option(
+            help="Train only member I (0-based, seed = seed + I; one cluster job per member, "
+            "e.g. I = $SLURM_ARRAY_TASK_ID). It writes only OUT/members/member-II, not "
+            "ensemble.json: when all are trained, run `ensemble select` or `ensemble train` "
+            "without --member.",
+            min=0,
+        ),
+    ] = None,
     **recipe,
 ) -> None:
-    """Train N members (resumable: finished members are kept), then keep the K best."""
-    from murakit.train.ensemble import train_ensemble
+    """Train N members (resumable: finished members are kept), then keep the K best.
 
+    The recipe: --config FILE (YAML or JSON) else --preset, the options given overriding it;
+    --print-config shows it and exits. With --member I only member I is trained."""
+    from murakit.train.ensemble import train_ensemble, train_ensemble_member
+
+    if member is None and keep > models:
+        fail(f"--keep {keep} is more than --models {models}", code=2)
+    if member is not None and member >= models:
+        fail(f"--member {member} is not one of the {models} members (0..{models - 1})", code=2)
     config = _train_options(data, recipe)
+    if member is not None:
+        try:
+            with _train_progress() as progress:
+                summary = _run_training(
+                    lambda: train_ensemble_member(
+                        config,
+                        out,
+                        member,
+                        log=progress.on_log,
+                        callbacks=[progress],
+                        stop_signals=True,
+                    )
+                )
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        except RuntimeError as err:
+            fail(str(err))
+        console.print(
+            f"{summary.name}: best epoch {summary.best_epoch} of {summary.epochs}, "
+            f"val loss {summary.val_loss:.4f}, in {Path(summary.run_dir).parent}. "
+            f"ensemble.json is written once every member is trained: `murakit ensemble train` "
+            f"without --member, or `murakit ensemble select {out}/members/member-* --out {out}`"
+        )
+        return
     try:
         with _train_progress() as progress:
             members = _run_training(
@@ -574,21 +760,29 @@ def evaluate(
         Path | None,
         typer.Option(help="Dataset folder (default: the one the model was trained on)."),
     ] = None,
-    split: Annotated[str, typer.Option(help="train | valid.")] = "valid",
+    split: Annotated[Literal["train", "valid"], typer.Option(help="The split to score.")] = "valid",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder (default: MODEL/eval-SPLIT).")
     ] = None,
     aggregation: Annotated[
-        str, typer.Option(help="Study probability from its images: mean | max | median.")
+        Literal["mean", "max", "median"],
+        typer.Option(help="Study probability from its images' probabilities."),
     ] = "mean",
     threshold: Annotated[
         float | None,
         typer.Option(help="Positive when probability >= this (default: the model's stored one)."),
     ] = None,
     tta: Annotated[bool, typer.Option(help="Average with the horizontally flipped image.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
-    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 2,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 32,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="DataLoader worker processes (0 = none: load images in this process).", min=0
+        ),
+    ] = 2,
+    device: Annotated[
+        str, typer.Option(help="auto | cpu | cuda | cuda:N.", callback=_check_device)
+    ] = "auto",
     skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images, list them.")] = False,
     by_markers: Annotated[
         bool,
@@ -769,9 +963,10 @@ def audit(
         ),
     ] = None,
     split: Annotated[
-        list[str] | None, typer.Option(help="Split(s) to audit (default: all).")
+        list[SplitName] | None,
+        typer.Option(help="Split to audit (repeat the option; default: both)."),
     ] = None,
-    workers: Annotated[int, typer.Option(help="Processes (0 = all cores).")] = 0,
+    workers: Annotated[int | None, _workers("checking images")] = None,
 ) -> None:
     """Flag inverted images, letter markers, multi-radiograph images and technical problems."""
     from murakit.data.index import SPLITS, DatasetError, load_index
@@ -779,7 +974,7 @@ def audit(
     from murakit.report.audit_page import AUDIT_PAGE, write_audit_page
 
     try:
-        index = load_index(root, split or SPLITS, skip_bad=True)
+        index = load_index(root, [s.value for s in split] if split else SPLITS, skip_bad=True)
     except DatasetError as err:
         fail(str(err))
     out = out or root.resolve().parent / "audit"
@@ -908,7 +1103,7 @@ def export(
         Path | None,
         typer.Option("--out", "-o", help="ONNX file to write (default: MODEL/model.onnx)."),
     ] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).")] = 18,
+    opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).", min=18)] = 18,
     verify: Annotated[
         bool, typer.Option(help="Check ONNX Runtime against PyTorch on a random batch.")
     ] = True,
@@ -965,7 +1160,7 @@ def cache(
     root: RootArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder.")],
     size: Annotated[int, typer.Option(help="Square size the images are stored at.")] = 224,
-    workers: Annotated[int, typer.Option(help="Decoding processes (0 = all cores).")] = 0,
+    workers: Annotated[int | None, _workers("decoding images")] = None,
     verify: Annotated[
         bool, typer.Option(help="Check every row of an existing cache against its checksum.")
     ] = False,
@@ -992,7 +1187,7 @@ def cache(
             index.images,
             out,
             size,
-            workers,
+            _cores() if workers is None else workers,
             progress=lambda done, total: bar.update(task, completed=done),
             log=lambda m: err_console.print(m, highlight=False),
         )
@@ -1018,8 +1213,8 @@ def demo(
     root = data_dir / "MURA-v1.1"
     ensemble_dir = out / "ensemble"
     if not (root / "valid_labeled_studies.csv").exists():
-        synth(data_dir, studies=studies, seed=0, difficulty=0.5, workers=0)
-    stats(root, as_json=False, check_files=False, workers=0)
+        synth(data_dir, studies=studies, seed=0, difficulty=0.5, workers=None)
+    stats(root, as_json=False, check_files=False, workers=None)
     ensemble_train(
         out=ensemble_dir,
         data=root,

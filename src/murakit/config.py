@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,21 @@ from murakit.fsutil import atomic_write_json, atomic_write_text
 
 YAML_SUFFIXES = (".yaml", ".yml")
 JSON_SUFFIXES = (".json",)
+
+# The devices a recipe (and `murakit evaluate --device`) accepts; checked before anything runs.
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+DEVICE_HELP = "auto | cpu | cuda | cuda:N."
+WEIGHTS_NAMES = ("imagenet", "none")
+
+
+def check_device(device: str) -> str:
+    """Return `device` if it is auto, cpu, cuda or cuda:N; else raise a ValueError."""
+    if not re.fullmatch(DEVICE_PATTERN, device):
+        raise ValueError(
+            f"device must be auto, cpu, cuda or cuda:N (N a GPU index), not {device!r}"
+        )
+    return device
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The student report: DenseNet-169 from ImageNet, 224 px, rotation +-30 and flips, Adam.
@@ -88,14 +104,16 @@ def _recipe(
     flag: str | None = None,
     min: float | None = None,
     max: float | None = None,
+    pattern: str | None = None,
     cli: bool = True,
 ) -> Any:
     """A TrainConfig field with the description the command line shows.
 
     ``flag``: the option's name when it is not the field's (``bf16`` is --mixed-precision);
-    ``min``/``max``: bounds the command line enforces; ``cli=False``: a recipe field that has
-    no command-line option (set it in a config file or from Python)."""
-    meta = dict(help=help, choices=choices, flag=flag, min=min, max=max, cli=cli)
+    ``min``/``max``: bounds the command line enforces; ``pattern``: a regular expression the
+    whole value must match; ``cli=False``: a recipe field that has no command-line option (set
+    it in a config file or from Python). :meth:`TrainConfig.validate` checks all of them."""
+    meta = dict(help=help, choices=choices, flag=flag, min=min, max=max, pattern=pattern, cli=cli)
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -112,7 +130,9 @@ class TrainConfig:
     preset: str = _recipe(
         "reference",
         "Recipe: reference (the report), mura-paper (Rajpurkar 2017), demo (synthetic data "
-        "on a CPU), fracture-cpu (fractures on imported FracAtlas, 2 CPU cores).",
+        "on a CPU), fracture-cpu (fractures on imported FracAtlas, 2 CPU cores). Default: "
+        "reference, or the --config file's; with --config, it fills the fields the file "
+        "does not set.",
         choices=tuple(PRESETS),
     )
     arch: str = _recipe(
@@ -121,13 +141,16 @@ class TrainConfig:
     weights: str = _recipe(
         "imagenet", "imagenet (torch hub cache, downloaded if online) | none | PATH."
     )
-    size: int = _recipe(224, "Input size in pixels (square).")
-    batch_size: int = _recipe(16, "Images per batch.")
-    epochs: int = _recipe(10, "Total epochs.")
-    lr: float = _recipe(1e-4, "Adam learning rate.")
-    weight_decay: float = _recipe(0.0, "Adam weight decay.", cli=False)
-    dropout: float = _recipe(0.2, "Dropout before the classifier.", cli=False)
-    rotation: float = _recipe(30.0, "Random rotation within +-this many degrees.", cli=False)
+    # a DenseNet divides the input by 32 before its last feature maps
+    size: int = _recipe(224, "Input size in pixels (square).", min=32)
+    batch_size: int = _recipe(16, "Images per batch.", min=1)
+    epochs: int = _recipe(10, "Total epochs.", min=1)
+    lr: float = _recipe(1e-4, "Adam learning rate (> 0).", min=0.0)
+    weight_decay: float = _recipe(0.0, "Adam weight decay.", min=0.0, cli=False)
+    dropout: float = _recipe(0.2, "Dropout before the classifier.", min=0.0, max=0.99, cli=False)
+    rotation: float = _recipe(
+        30.0, "Random rotation within +-this many degrees.", min=0.0, max=180.0, cli=False
+    )
     hflip: bool = _recipe(True, "Random horizontal flips.", cli=False)
     loss: str = _recipe(
         "bce",
@@ -137,6 +160,7 @@ class TrainConfig:
     plateau_patience: int = _recipe(
         -1,
         "Epochs without val-loss improvement before lr/10 (-1 = off).",
+        min=-1,
         cli=False,
     )
     lr_schedule: str = _recipe(
@@ -150,16 +174,22 @@ class TrainConfig:
         "(FracAtlas's fracture boxes; 0 = off).",
         min=0.0,
     )
-    seed: int = _recipe(0, "Seed for init, order, augmentation.")
-    workers: int = _recipe(2, "DataLoader worker processes.")
+    seed: int = _recipe(0, "Seed for init, order, augmentation.", min=0)
+    workers: int = _recipe(
+        2,
+        "DataLoader worker processes (0 = none: load images in the training process; default 2).",
+        min=0,
+    )
     bf16: bool = _recipe(
         True,
         "bf16 autocast on CPU (where supported) / AMP on CUDA.",
         flag="mixed-precision",
     )
     channels_last: bool = _recipe(True, "channels_last memory format.", cli=False)
-    device: str = _recipe("auto", "auto | cpu | cuda | cuda:N.")
-    max_train_images: int = _recipe(0, "Train on a random subset of this many images (0 = all).")
+    device: str = _recipe("auto", DEVICE_HELP, pattern=DEVICE_PATTERN)
+    max_train_images: int = _recipe(
+        0, "Train on a random subset of this many images (0 = all).", min=0
+    )
     # data fixes of the quality checks (murakit.data.quality)
     fix_inverted: bool = _recipe(False, "Invert images detected as inverted.")
     mask_markers: bool = _recipe(False, "Mask detected letter markers.")
@@ -190,6 +220,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_yaml(self) -> str:
+        """The recipe as YAML, every field in field order (what --print-config shows)."""
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: str | Path) -> None:
         """Write JSON (.json, as a run's config.json) or YAML (.yaml/.yml), atomically."""
         path = Path(path)
@@ -197,27 +233,37 @@ class TrainConfig:
         if suffix in JSON_SUFFIXES:
             atomic_write_json(path, self.to_dict())
         else:
-            import yaml
-
-            atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+            atomic_write_text(path, self.to_yaml())
 
     @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
+    def load(cls, path: str | Path, *, preset: str | None = None) -> TrainConfig:
         """Read JSON or YAML by suffix. A file may give only some fields (a recipe file):
         the others take the value of its preset (reference when it names none), then
-        TrainConfig's defaults. Numbers are checked against the field types (YAML reads
-        1e-4 as text; it is accepted as a float)."""
+        TrainConfig's defaults. ``preset`` replaces the file's preset (`--preset` given with
+        `--config`). Numbers are checked against the field types (YAML reads 1e-4 as text;
+        it is accepted as a float)."""
         path = Path(path)
         suffix = _format_of(path)
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read the config file ({err.strerror})") from None
         if suffix in JSON_SUFFIXES:
-            values = json.loads(text)
+            try:
+                values = json.loads(text)
+            except ValueError as err:
+                raise ValueError(f"{path}: not valid JSON: {err}") from None
         else:
             import yaml
 
-            values = yaml.safe_load(text) or {}
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as err:
+                raise ValueError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: expected a mapping of config keys, got {type(values)}")
+        if preset is not None:
+            values["preset"] = preset
         preset = values.get("preset", "reference")
         if preset in PRESETS and not set(_field_names()) <= set(values):
             values = {**PRESETS[preset], **values}
@@ -245,6 +291,50 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    def problems(self, archs: Sequence[str] | None = None, files: bool = True) -> list[str]:
+        """Every reason this recipe cannot run, one line each (empty when it can): fixed
+        choices, bounds and patterns from the fields' descriptions, types, a positive lr;
+        ``archs``: the known architectures (murakit.model.densenet.ARCHS; not checked when
+        None, as this layer does not import the models); ``files``: also check that the
+        dataset folder and a weights file exist."""
+        found = []
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            wanted = _TYPES.get(f.type)
+            if wanted is not None and not _is_type(value, wanted):
+                found.append(f"{f.name} must be {wanted.__name__}, got {value!r}")
+                continue
+            if meta.get("choices") and value not in meta["choices"]:
+                found.append(f"{f.name} {value!r} is not one of: {', '.join(meta['choices'])}")
+            if meta.get("min") is not None and value < meta["min"]:
+                found.append(f"{f.name} must be >= {meta['min']}, got {value!r}")
+            if meta.get("max") is not None and value > meta["max"]:
+                found.append(f"{f.name} must be <= {meta['max']}, got {value!r}")
+            if meta.get("pattern") and not re.fullmatch(meta["pattern"], str(value)):
+                found.append(f"{f.name} {value!r} is not one of: {meta['help'].rstrip('.')}")
+        if _is_type(self.lr, float) and self.lr <= 0:
+            found.append(f"lr must be > 0, got {self.lr!r}")
+        if archs is not None and self.arch not in archs:
+            found.append(f"arch {self.arch!r} is not one of: {', '.join(archs)}")
+        if files and self.weights not in WEIGHTS_NAMES and not Path(self.weights).is_file():
+            found.append(f"weights {self.weights!r} is neither imagenet, none nor an existing file")
+        if files and self.data and not Path(self.data).is_dir():
+            found.append(f"data: dataset folder {self.data} not found")
+        return found
+
+    def validate(self, archs: Sequence[str] | None = None, files: bool = True) -> TrainConfig:
+        """Raise one ValueError that lists every problem (:meth:`problems`); return self."""
+        found = self.problems(archs, files)
+        if found:
+            raise ValueError("invalid recipe:\n  - " + "\n  - ".join(found))
+        return self
+
+
+def _is_type(value: Any, wanted: type) -> bool:
+    if isinstance(value, bool) or wanted is bool:
+        return isinstance(value, bool) and wanted is bool
+    return isinstance(value, wanted) or (wanted is float and isinstance(value, int))
 
 
 def _format_of(path: Path) -> str:
@@ -291,6 +381,7 @@ class RecipeOption:
     choices: tuple[str, ...] | None
     min: float | None
     max: float | None
+    pattern: str | None  # a regular expression the whole value must match
     default: Any  # TrainConfig's default (the command line's default is the preset's)
 
 
@@ -308,6 +399,7 @@ def recipe_options() -> Iterator[RecipeOption]:
             choices=meta["choices"],
             min=meta["min"],
             max=meta["max"],
+            pattern=meta["pattern"],
             default=f.default,
         )
 

@@ -113,7 +113,8 @@ def build_cache(
     """Decode, square and resize every record once into the cache for `size` (replacing any
     previous one). `loader(record)` gives the grayscale image (default: read_grayscale of its
     path; pass the run's Preprocessor.load and `fixes_tag(config)` when fixes apply); it must be
-    picklable when `workers` > 0. Decoding runs in `workers` processes."""
+    picklable when `workers` > 0. Decoding runs in `workers` processes (0 = none: in
+    this process, as PyTorch's DataLoader means it)."""
     records = _unique(records)
     cache_dir = Path(cache_dir)
     with _build_lock(cache_dir, size, tag):

@@ -21,13 +21,19 @@ def _problem(path: Path) -> str | None:
 
 def find_bad_files(
     paths: Sequence[Path],
-    workers: int = 0,
+    workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Decode every file fully; return one message per missing or undecodable file."""
-    workers = workers or os.cpu_count() or 1
+    """Decode every file fully; return one message per missing or undecodable file.
+
+    `workers`: decoding processes; 0 = none (decode in this process, as PyTorch's DataLoader
+    means it); None = one per CPU core. Under 64 files decode in this process anyway."""
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
     problems: list[str] = []
-    if workers == 1 or len(paths) < 64:
+    if workers == 0 or len(paths) < 64:
         results = map(_problem, paths)
         pool = None
     else:
@@ -48,7 +54,8 @@ def find_bad_files(
 def drop_unreadable(
     records: Sequence[ImageRecord], workers: int = 0
 ) -> tuple[list[ImageRecord], list[str]]:
-    """(the records whose files decode, one message per file that does not): `--skip-bad`."""
+    """(the records whose files decode, one message per file that does not): `--skip-bad`.
+    `workers` as in :func:`find_bad_files` (0 = in this process)."""
     problems = find_bad_files([r.path for r in records], workers)
     bad = {message.split(": ", 1)[0] for message in problems}
     return [r for r in records if str(r.path) not in bad], problems

@@ -559,14 +559,15 @@ def generate(
     studies: int = 400,
     seed: int = 0,
     difficulty: float = 0.5,
-    workers: int = 0,
+    workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     findings: Sequence[str] = FINDINGS,
 ) -> SynthSummary:
     """Write a synthetic MURA-v1.1 tree, its four CSVs and synth_truth.csv under `out`.
 
-    `difficulty` in [0, 1] shrinks and fades findings and adds noise; `workers` 0 means one
-    process per CPU; `progress(done_images, total_images)` is called as studies finish.
+    `difficulty` in [0, 1] shrinks and fades findings and adds noise; `workers`: worker
+    processes, 0 = none (everything in this process), None = one per CPU core;
+    `progress(done_images, total_images)` is called as studies finish.
     `findings` limits abnormal studies to those kinds (e.g. to study one kind's CAMs); the
     default, all five, gives the same bytes as before the option existed.
     """
@@ -576,6 +577,8 @@ def generate(
         raise ValueError("seed must be >= 0")
     if not 0.0 <= difficulty <= 1.0:
         raise ValueError("difficulty must lie in [0, 1]")
+    if workers is not None and workers < 0:
+        raise ValueError("workers must be >= 0")
     findings = check_findings(findings)
     start = time.perf_counter()
     out = Path(out)
@@ -583,7 +586,9 @@ def generate(
     plans = plan_studies(studies, seed)
     total = sum(p.views for p in plans)
     jobs = [(p, seed, float(difficulty), str(out), findings) for p in plans]
-    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    if workers is None:
+        workers = os.cpu_count() or 1
+    workers = min(workers, len(jobs))
     rows: list[dict] = []
 
     def collect(results) -> None:
@@ -592,7 +597,7 @@ def generate(
             if progress is not None:
                 progress(len(rows), total)
 
-    if workers <= 1:
+    if workers == 0:
         collect(map(_write_study, jobs))
     else:
         with multiprocessing.get_context().Pool(workers) as pool:

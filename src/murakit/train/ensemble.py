@@ -26,6 +26,7 @@ from murakit.evaluate.threshold import ensemble_threshold
 from murakit.fsutil import atomic_write_json, atomic_write_text
 from murakit.infer.model import ENSEMBLE_FILE, ModelDirError
 from murakit.train.callbacks import Callback, RunResult
+from murakit.train.state import RunDirError
 
 
 @dataclass
@@ -116,7 +117,27 @@ def write_ensemble(ens_dir: Path, members: Sequence[MemberSummary]) -> None:
 
 
 def member_dirs(ens_dir: Path, n_models: int) -> list[Path]:
-    return [ens_dir / "members" / f"member-{i:02d}" for i in range(n_models)]
+    return [member_dir(ens_dir, i) for i in range(n_models)]
+
+
+def member_dir(ens_dir: Path, index: int) -> Path:
+    """Member `index` (0-based) of the ensemble at `ens_dir`: ens_dir/members/member-NN."""
+    return Path(ens_dir) / "members" / f"member-{index:02d}"
+
+
+def prepare_member(config: TrainConfig, ens_dir: Path, index: int) -> tuple[TrainConfig, Path]:
+    """Member `index`'s config and folder: the ensemble's recipe with seed ``config.seed +
+    index``, saved (atomically) as its config.json when the member is new; a member that has
+    one already keeps it (it resumes as it started). A full `ensemble train` and
+    `ensemble train --member index` make the same member; several processes may prepare
+    different members of one ensemble at once (each writes only its own folder)."""
+    run_dir = member_dir(ens_dir, index)
+    if (run_dir / "config.json").exists():
+        return TrainConfig.load(run_dir / "config.json"), run_dir
+    member_config = config.replace(seed=config.seed + index)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    member_config.save(run_dir / "config.json")
+    return member_config, run_dir
 
 
 def run_is_finished(run_dir: Path) -> bool:
@@ -146,20 +167,20 @@ def train_ensemble(
     One at a time, members train in this process and report to `callbacks` (a stop, e.g.
     Ctrl-C with `stop_signals`, saves the member and raises KeyboardInterrupt). With
     ``parallel > 1`` they train in separate processes, each writing its member's train.log;
-    `log` gets one line per member started and finished."""
+    `log` gets one line per member started and finished. The recipe is validated
+    (:meth:`TrainConfig.validate`) before any folder is made."""
+    from murakit.model.densenet import ARCHS
+
+    config.validate(ARCHS)
+    if n_models < 1 or not 1 <= keep <= n_models:
+        raise ValueError(f"need 1 <= keep <= models, got models {n_models}, keep {keep}")
     dirs = member_dirs(ens_dir, n_models)
     todo = []
     for i, run_dir in enumerate(dirs):
         if run_is_finished(run_dir):
             log(f"{run_dir.name}: already trained, kept as is")
             continue
-        member_config = config.replace(seed=config.seed + i)
-        if (run_dir / "config.json").exists():
-            member_config = TrainConfig.load(run_dir / "config.json")
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            member_config.save(run_dir / "config.json")
-        todo.append((member_config, run_dir))
+        todo.append(prepare_member(config, ens_dir, i))
     if parallel > 1 and len(todo) > 1:
         _train_parallel([d for _, d in todo], parallel, log)
     else:
@@ -176,15 +197,85 @@ def train_ensemble(
     return members
 
 
+def train_ensemble_member(
+    config: TrainConfig,
+    ens_dir: Path,
+    index: int,
+    *,
+    log: Callable[[str], None] = print,
+    callbacks: Iterable[Callback] = (),
+    stop_signals: bool = False,
+) -> MemberSummary:
+    """Train only member `index` (0-based) of the ensemble at `ens_dir`: exactly the member a
+    full :func:`train_ensemble` trains (seed ``config.seed + index``, members/member-NN),
+    for one cluster job per member. Idempotent (a finished member is kept as is) and
+    resumable; it writes only its member's folder, so jobs for different members may share
+    `ens_dir`; a second process on the same member is refused (:class:`MemberBusyError`).
+    ensemble.json is not written: `murakit ensemble select` (or :func:`train_ensemble`,
+    which finds every member finished) chooses the members once all are trained."""
+    from murakit.model.densenet import ARCHS
+
+    config.validate(ARCHS)
+    if index < 0:
+        raise ValueError(f"member index must be >= 0, got {index}")
+    run_dir = member_dir(ens_dir, index)
+    if run_is_finished(run_dir):
+        log(f"{run_dir.name}: already trained, kept as is")
+    else:
+        member_config, run_dir = prepare_member(config, ens_dir, index)
+        log(f"training {run_dir.name} (seed {member_config.seed})")
+        result = train_member(run_dir, callbacks=callbacks, stop_signals=stop_signals)
+        if result.interrupted:
+            raise KeyboardInterrupt
+    return summarize_run(run_dir)
+
+
+class MemberBusyError(RunDirError):
+    """Another process is training this member (it holds the member's lock file)."""
+
+
+LOCK_FILE = ".train.lock"
+
+
+@contextmanager
+def member_lock(run_dir: Path) -> Iterator[None]:
+    """Hold run_dir/.train.lock (an advisory lock the system drops when the process ends,
+    even killed) while a member trains, so two jobs given the same member, or a full
+    `ensemble train` beside a `--member` job, never write one member's checkpoints at once."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise MemberBusyError(
+                f"{run_dir.name} is being trained by another process (it holds "
+                f"{run_dir / LOCK_FILE})"
+            ) from None
+        yield
+
+
 def train_member(
     run_dir: Path, *, callbacks: Iterable[Callback] = (), stop_signals: bool = False
 ) -> RunResult:
-    """Train (or continue) the member at `run_dir` from its config.json to its last epoch."""
+    """Train (or continue) the member at `run_dir` from its config.json to its last epoch,
+    holding its lock (:func:`member_lock`); a member another process finished meanwhile is
+    left as it is."""
+    from murakit.train.history import read_history
     from murakit.train.loop import prepare_run_dir, train_run
 
     run_dir = Path(run_dir)
-    config = prepare_run_dir(run_dir, None, resume=True)
-    return train_run(config, run_dir, resume=True, callbacks=callbacks, stop_signals=stop_signals)
+    with member_lock(run_dir):
+        if run_is_finished(run_dir):
+            return RunResult(run_dir, history=read_history(run_dir))
+        config = prepare_run_dir(run_dir, None, resume=True)
+        return train_run(
+            config, run_dir, resume=True, callbacks=callbacks, stop_signals=stop_signals
+        )
 
 
 def _member_process(run_dir: str) -> None:
