@@ -139,3 +139,13 @@ def test_load_dataset_and_audit_dataset_write_nothing_unless_asked(synth_root, t
     assert sorted(p.name for p in synth_root.parent.iterdir()) == before
     murakit.audit_dataset(synth_root, splits=("valid",), workers=1, out_dir=tmp_path / "audit")
     assert sorted(p.name for p in (tmp_path / "audit").iterdir()) == ["audit.csv", "audit.html"]
+
+
+def test_fit_checks_the_whole_recipe_before_writing(tmp_path):
+    config = murakit.TrainConfig.from_preset(
+        "demo", data=str(tmp_path / "missing"), arch="densenet-huge", epochs=0
+    )
+    with pytest.raises(ValueError) as err:
+        murakit.fit(config, tmp_path / "run")
+    assert "densenet-huge" in str(err.value) and "epochs" in str(err.value)
+    assert not (tmp_path / "run").exists()

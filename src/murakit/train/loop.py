@@ -27,7 +27,7 @@ from murakit.evaluate.metrics import study_accuracy_kappa
 from murakit.evaluate.threshold import slice_threshold, split_threshold_slice, write_slice
 from murakit.infer.batched import infer_logits, make_eval_loader, sigmoid
 from murakit.infer.runtime import Runtime, make_runtime
-from murakit.model.densenet import build_model, logits_and_cams
+from murakit.model.densenet import ARCHS, build_model, logits_and_cams
 from murakit.train import distributed
 from murakit.train.callbacks import (
     METRIC_COLUMNS,
@@ -74,12 +74,15 @@ def fit(
     """Train a model with `config` into the run folder `out`; quiet unless a callback
     prints (e.g. :class:`~murakit.train.callbacks.TextLog`).
 
-    A new run refuses a folder that already holds one. With ``resume=True`` the run in
+    A new recipe is validated first (ValueError listing every problem, nothing written);
+    a new run refuses a folder that already holds one. With ``resume=True`` the run in
     `out` continues from its last.pt with its saved config, trained up to
     ``config.epochs`` epochs (an unfinished run to its end, a finished one further).
     ``stop_signals=True`` makes Ctrl-C / SIGTERM stop after the current step, saving
     last.pt (only from the main thread)."""
     out = Path(out)
+    if not resume:
+        config.validate(ARCHS)  # every problem at once, before the run folder exists
     config = prepare_run_dir(out, config, resume, config.epochs if resume else None)
     return train_run(config, out, resume=resume, callbacks=callbacks, stop_signals=stop_signals)
 
