@@ -9,15 +9,19 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from matplotlib import colormaps
 from PIL import Image
 
 from murakit.data.transforms import EvalTransform, original_box_in_square
 from murakit.explain.cam import cam_paths
 from murakit.infer.cam import (
+    ALPHA,
+    COLORMAP,
     cam_on_original,
     cam_peak,
     class_activation_map,
     compute_cam,
+    heat_rgba,
     overlay,
     save_overlay,
 )
@@ -165,10 +169,26 @@ def test_overlay_colours_only_the_evidence_for_abnormal(tmp_path):
     rgb = np.asarray(picture)
     assert (rgb[100, 10] == 100).all()  # CAM <= 0: the radiograph untouched
     r, g, b = (int(v) for v in rgb[30, 60])
-    assert r > g + 40 and r > b + 40  # the peak is red (jet's top)
+    assert r > b + 40 and g > b + 40  # the peak is yellow (viridis's top), not red
+    top = np.array(colormaps[COLORMAP](1.0)[:3]) * 255
+    expected = 100 * (1 - ALPHA) + top * ALPHA  # full heat: the top colour at opacity ALPHA
+    assert np.abs(rgb[30, 60] - expected).max() <= 1
+    layer = np.asarray(heat_rgba(heat))  # the same heat alone, for the web viewer
+    assert layer.shape == (120, 80, 4) and layer[100, 10, 3] == 0 and layer[30, 60, 3] == 255
+    assert np.abs(layer[30, 60, :3] - top).max() <= 1
     path = save_overlay(tmp_path / "o.png", picture)
     with Image.open(path) as im:
         assert im.size == picture.size and im.format == "PNG"
+
+
+def test_heat_colour_map_is_perceptually_ordered():
+    """More evidence is always lighter: the colour map's lightness rises monotonically (jet's
+    falls and rises again, drawing edges the model never saw)."""
+    values = colormaps[COLORMAP](np.linspace(0, 1, 64))[:, :3]
+    linear = np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4)
+    luminance = linear @ np.array([0.2126, 0.7152, 0.0722])
+    assert np.all(np.diff(luminance) > 0)
+    assert COLORMAP != "jet"
 
 
 # ------------------------------------------------------------------------------ folders

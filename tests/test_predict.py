@@ -17,6 +17,7 @@ from PIL import Image
 from bad_files import write_dicom
 from murakit.data.index import load_index
 from murakit.infer.model import Model
+from murakit.infer.results import UNCERTAIN_MARGIN, decision_of, uncertain_band
 from murakit.infer.studies import PredictInputError, collect_studies
 from murakit.predict import format_predictions, predict_studies, write_predictions
 
@@ -160,6 +161,46 @@ def test_threshold_from_model_and_writers(loaded, valid_records, tmp_path, capsy
     assert float(rows[0]["study_probability"]) == result.studies[0].probability
     with pytest.raises(ValueError, match="unknown format"):
         format_predictions(result, "xml")
+
+
+def test_uncertain_band_in_json_and_csv(loaded, valid_records, tmp_path):
+    """One band, from murakit.infer.results: |p - threshold| < 0.1 is "uncertain"."""
+    studies = collect_studies([valid_records[0].path.parent])
+    result = predict_studies(loaded, studies)
+    (study,) = result.studies
+    # Thresholds that put the study above, inside and below the band.
+    cases = {"positive": study.probability - 0.15, "uncertain": study.probability - 0.05}
+    cases["negative"] = study.probability + 0.15
+    for expected, threshold in cases.items():
+        shifted = predict_studies(replace(loaded, threshold=threshold), studies)
+        assert shifted.studies[0].decision == expected
+        band = (max(0.0, threshold - 0.1), min(1.0, threshold + 0.1))
+        assert shifted.uncertain_band == pytest.approx(band)
+        data = json.loads(format_predictions(shifted, "json"))
+        assert data["studies"][0]["decision"] == expected
+        assert data["uncertain_margin"] == 0.1
+        assert data["uncertain_band"] == pytest.approx(list(band))
+        rows = list(csv.DictReader(io.StringIO(format_predictions(shifted, "csv"))))
+        assert {r["study_decision"] for r in rows} == {expected}
+        for row, image in zip(rows, shifted.images, strict=True):
+            assert row["decision"] == image.decision == decision_of(image.probability, threshold)
+            assert float(row["threshold"]) == threshold
+            assert float(row["uncertain_low"]) == pytest.approx(band[0])
+            assert float(row["uncertain_high"]) == pytest.approx(band[1])
+
+
+def test_decision_rule_at_the_edges():
+    assert uncertain_band(0.5) == (0.4, 0.6) and uncertain_band(0.05) == (0.0, 0.15)
+    assert [decision_of(p, 0.5) for p in (0.4, 0.41, 0.5, 0.59, 0.6)] == [
+        "negative",
+        "uncertain",
+        "uncertain",
+        "uncertain",
+        "positive",
+    ]
+    assert decision_of(0.5, 0.5, margin=0) == "positive"
+    assert decision_of(0.49, 0.5, margin=0) == "negative"
+    assert UNCERTAIN_MARGIN == 0.1
 
 
 def test_cam_overlays_written(loaded, valid_records, tmp_path):

@@ -1042,7 +1042,9 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
 ) -> None:
-    """P(abnormal) per image and per study for new studies (PNG, JPEG, DICOM)."""
+    """P(abnormal) per image and per study for new studies (PNG, JPEG, DICOM), with the
+    class called at the threshold and a decision: positive, negative, or uncertain when the
+    probability is within 0.1 of the threshold."""
     from murakit.infer.model import Model, ModelDirError
     from murakit.infer.studies import PredictInputError, collect_studies
     from murakit.predict import predict_studies, read_mura_csv, write_predictions
@@ -1135,9 +1137,14 @@ def serve(
 ) -> None:
     """A web page and JSON API: drop the images of a study, get its probability and heat maps."""
     from murakit.infer.model import ModelDirError
-    from murakit.serve.app import run
+    from murakit.serve.app import VALIDATION_METRICS, run
 
     console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
+    if not (model / VALIDATION_METRICS).exists():
+        console.print(
+            f"no {VALIDATION_METRICS} yet: the page says 'not evaluated yet' for validation "
+            f"sensitivity and specificity (run `murakit evaluate --model {model}`)"
+        )
     try:
         run(
             model,

@@ -33,9 +33,14 @@ CSV_COLUMNS = (
     "image",
     "probability",
     "label",
+    "decision",
     "study_probability",
     "study_label",
+    "study_decision",
     "n_images",
+    "threshold",
+    "uncertain_low",
+    "uncertain_high",
     "cam_png",
     "error",
 )
@@ -113,7 +118,12 @@ def _write_cam(
 
 def format_predictions(result: PredictionResult, fmt: str = "json") -> str:
     """JSON (nested: studies with their images, then errors) or CSV (one row per image, the
-    study's figures repeated, unreadable files as rows with `error` set)."""
+    study's figures repeated, unreadable files as rows with `error` set).
+
+    Both carry the decision with the uncertain band (:mod:`murakit.infer.results`):
+    ``decision`` is positive, negative or uncertain (within ``uncertain_margin`` of the
+    threshold); JSON states ``threshold``, ``uncertain_margin`` and ``uncertain_band`` once,
+    CSV repeats ``threshold``, ``uncertain_low`` and ``uncertain_high`` on every row."""
     if fmt == "json":
         return json.dumps(result.to_dict(), indent=2) + "\n"
     if fmt != "csv":
@@ -121,6 +131,7 @@ def format_predictions(result: PredictionResult, fmt: str = "json") -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
+    low, high = result.uncertain_band
     for study in result.studies:
         for image in study.images:
             writer.writerow(
@@ -130,9 +141,14 @@ def format_predictions(result: PredictionResult, fmt: str = "json") -> str:
                     "image": image.path,
                     "probability": repr(image.probability),
                     "label": image.label,
+                    "decision": image.decision,
                     "study_probability": repr(study.probability),
                     "study_label": study.label,
+                    "study_decision": study.decision,
                     "n_images": study.n_images,
+                    "threshold": repr(result.threshold),
+                    "uncertain_low": repr(low),
+                    "uncertain_high": repr(high),
                     "cam_png": image.cam_png or "",
                     "error": "",
                 }

@@ -39,7 +39,10 @@ if TYPE_CHECKING:
 
 CAM_SIZE = 512
 ALPHA = 0.4  # opacity of the heat map where the evidence for "abnormal" is strongest
-COLORMAP = "jet"
+# Perceptually uniform (lightness rises steadily from dark purple through teal to yellow) and
+# readable with colour-vision deficiencies; unlike "jet", no false edges at its cyan and
+# yellow bands, and every level is a colour, never a gray that reads as bone.
+COLORMAP = "viridis"
 
 
 @dataclass
@@ -139,6 +142,11 @@ class ImageCam:
         """(x, y) of the strongest evidence for the positive class."""
         return cam_peak(self.heat)
 
+    def heat_layer(self) -> Image.Image:
+        """The heat map alone as RGBA over the image (see :func:`heat_rgba`), for viewers
+        that lay it over the radiograph with an opacity of their own."""
+        return heat_rgba(self.heat)
+
     def overlay(
         self,
         caption: str = "",
@@ -189,6 +197,23 @@ def _heat_colors(heat: np.ndarray) -> np.ndarray:
     return colormaps[COLORMAP](heat)[..., :3].astype(np.float32)
 
 
+def _heat_unit(cam_original: np.ndarray) -> np.ndarray:
+    """The CAM divided by its maximum (when positive), clipped to [0, 1]: 1 at the strongest
+    evidence for the positive class, 0 where there is none (CAM <= 0)."""
+    top = float(cam_original.max())
+    if top <= 0:
+        return np.zeros_like(cam_original, dtype=np.float32)
+    return np.clip(cam_original / top, 0.0, 1.0).astype(np.float32)
+
+
+def heat_rgba(cam_original: np.ndarray) -> Image.Image:
+    """The heat map as an RGBA picture: ``COLORMAP`` colours, alpha sqrt(heat) (0 where the
+    CAM is <= 0). Laid over the radiograph at opacity ``ALPHA`` it is :func:`overlay`."""
+    heat = _heat_unit(np.asarray(cam_original, dtype=np.float32))
+    rgba = np.concatenate([_heat_colors(heat), np.sqrt(heat)[..., None]], axis=-1)
+    return Image.fromarray(np.rint(rgba * 255).astype(np.uint8), "RGBA")
+
+
 def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=px)
@@ -209,15 +234,15 @@ def overlay(
     "P(abnormal) = 0.87  <caption>" underneath (``positive`` names the class).
 
     The heat is the CAM divided by its maximum (when positive), so the strongest evidence for
-    abnormal is red and cells with none (CAM <= 0) leave the radiograph untouched; opacity grows
-    with the heat up to ``ALPHA``, so faint evidence does not hide the bone beneath.
+    abnormal takes the top colour of ``COLORMAP`` (viridis: yellow; weaker evidence teal, then
+    purple) and cells with none (CAM <= 0) leave the radiograph untouched; opacity grows with
+    the heat up to ``ALPHA``, so faint evidence does not hide the bone beneath.
     """
     gray = np.asarray(image, dtype=np.float32) / 255.0
     cam_original = np.asarray(cam_original, dtype=np.float32)
     if gray.shape != cam_original.shape:
         raise ValueError(f"image {gray.shape} and CAM {cam_original.shape} differ in shape")
-    top = float(cam_original.max())
-    heat = np.clip(cam_original / top, 0.0, 1.0) if top > 0 else np.zeros_like(cam_original)
+    heat = _heat_unit(cam_original)
     alpha = (ALPHA * np.sqrt(heat))[..., None]
     rgb = gray[..., None] * (1 - alpha) + _heat_colors(heat) * alpha
     picture = Image.fromarray(np.rint(rgb * 255).astype(np.uint8), "RGB")

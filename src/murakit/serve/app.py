@@ -9,6 +9,17 @@ large parts to anonymous temporary files that vanish when the request ends. Ever
 
 The models are loaded once and shared read-only by all requests; inference runs under a lock
 because torch already uses every core for one batch, and decoding happens outside it.
+
+For the page's viewer each image also comes back as the picture the model saw and its heat
+map alone (RGBA), and a DICOM as its pixel values after the modality LUT (16-bit, zlib) with
+the window stored in the file, for window/level in the browser. Nothing else of a DICOM
+header is read into a response or a log: no patient name, id, date or institution.
+
+The decision has three values, "uncertain" within ``UNCERTAIN_MARGIN`` of the threshold
+(:mod:`murakit.infer.results`). The validation sensitivity and specificity at the operating
+threshold come from the model folder's ``eval-valid/metrics.json`` (``murakit evaluate``),
+per body part when the request names one; the body part changes nothing else, since the model
+stores one threshold for all parts.
 """
 
 from __future__ import annotations
@@ -16,9 +27,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import math
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,22 +41,25 @@ import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from murakit.data.imageio import BadImageError, describe_content, sniff_format
+from murakit.evaluate.outputs import read_metrics_json
 from murakit.infer.cam import CAM_SIZE
 from murakit.infer.model import Model
-from murakit.infer.results import label_of
+from murakit.infer.results import UNCERTAIN_MARGIN, decision_of, label_of, uncertain_band
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_FILES = 11  # MURA's largest study
 MAX_BYTES = 20 * 2**20
 MAX_PIXELS = 40_000_000  # a large digital radiograph is ~4300 x 3500 = 15 MP
 MAX_OVERLAY_SIDE = 1024  # heat maps are sent as PNG in JSON; bigger adds bytes, not insight
+VALIDATION_METRICS = Path("eval-valid") / "metrics.json"  # written by `murakit evaluate`
 _NAME_LIMIT = 80
 # The page's own policy: nothing from outside this server (no CDN, no external fonts).
 _PAGE_CSP = (
@@ -55,6 +71,32 @@ _PAGE_CSP = (
 # ------------------------------------------------------------------------------ schema
 
 
+DecisionField = Literal["negative", "uncertain", "positive"]
+_DECISION_HELP = (
+    '"uncertain" when |probability - threshold| < uncertain_margin (inside uncertain_band), '
+    'else "positive" (probability >= threshold) or "negative".'
+)
+
+
+class DicomPixels(BaseModel):
+    """A DICOM's pixel values for window/level in the viewer (no header fields)."""
+
+    width: int = Field(description="Columns of `data` (the image, shrunk to at most 1024 px).")
+    height: int = Field(description="Rows of `data`.")
+    data_zlib_base64: str = Field(
+        description="zlib-compressed little-endian uint16 values u, row by row; the value after "
+        "the modality LUT (rescale slope/intercept) is offset + scale * u."
+    )
+    offset: float = Field(description="Value of u = 0 (the smallest value).")
+    scale: float = Field(description="Value step per unit of u (1 for integer values).")
+    window_center: float = Field(description="The file's window centre, else mid-range.")
+    window_width: float = Field(description="The file's window width, else the full range.")
+    window_from_file: bool = Field(description="Whether the file stored a window.")
+    minimum: float = Field(description="Smallest value (after the modality LUT).")
+    maximum: float = Field(description="Largest value.")
+    invert: bool = Field(description="MONOCHROME1: low values are shown white.")
+
+
 class ImageResult(BaseModel):
     name: str = Field(description="The uploaded file's name.")
     probability: float = Field(description="P(abnormal) of this image, mean over members.")
@@ -62,11 +104,41 @@ class ImageResult(BaseModel):
         description="The class called: the model's positive class name "
         '("abnormal" for MURA) when probability >= threshold, else its negative one.'
     )
+    decision: DecisionField = Field(description=_DECISION_HELP)
     cam_png_base64: str | None = Field(
         None,
-        description="Class activation map over the image as a base64 PNG (red: evidence for "
-        "abnormal); null when cam=false.",
+        description="The radiograph with its class activation map and a caption, as a base64 "
+        "PNG (viridis colours, yellow: strongest evidence for abnormal); null when cam=false.",
     )
+    original_png_base64: str | None = Field(
+        None,
+        description="The image as the model saw it (8-bit gray, after its quality fixes), at "
+        "the heat map's size, base64 PNG; null when cam=false.",
+    )
+    heat_png_base64: str | None = Field(
+        None,
+        description="The heat map alone, RGBA base64 PNG aligned with original_png_base64 "
+        "(alpha grows with the evidence); null when cam=false.",
+    )
+    dicom: DicomPixels | None = Field(
+        None, description="For a DICOM upload with cam=true: its values for window/level."
+    )
+
+
+class OperatingPoint(BaseModel):
+    """Validation figures of the model at a threshold, from `murakit evaluate`."""
+
+    scope: str = Field(description='"all parts" or the body part, e.g. XR_WRIST.')
+    sensitivity: float | None = Field(description="Share of abnormal studies called abnormal.")
+    specificity: float | None = Field(description="Share of normal studies called normal.")
+    n_studies: int
+    n_abnormal_studies: int | None = None
+    threshold: float = Field(description="The threshold the evaluation called studies at.")
+    same_threshold: bool = Field(
+        description="Whether that is the model's operating threshold (else re-run evaluate)."
+    )
+    split: str = Field(description="The split evaluated (valid).")
+    source: str = Field(description="The file the figures come from, relative to the model.")
 
 
 class PredictResponse(BaseModel):
@@ -75,8 +147,22 @@ class PredictResponse(BaseModel):
     )
     label: str = Field(description="The class called for the study (see the image's label).")
     positive: bool = Field(description="study_probability >= threshold")
-    threshold: float = Field(description="Decision threshold stored with the model (0.5).")
-    part: str | None = Field(description="Body part as given, or null.")
+    decision: DecisionField = Field(description=_DECISION_HELP)
+    threshold: float = Field(description="The operating threshold stored with the model.")
+    uncertain_margin: float = Field(
+        description=f"Half-width of the uncertain band ({UNCERTAIN_MARGIN}, fixed)."
+    )
+    uncertain_band: tuple[float, float] = Field(
+        description="(low, high) = threshold -/+ uncertain_margin, clipped to [0, 1]."
+    )
+    part: str | None = Field(
+        description="Body part as given, or null. It selects which validation figures are "
+        "returned; it does not change the probability, the threshold or the decision."
+    )
+    validation: OperatingPoint | None = Field(
+        description="Validation sensitivity/specificity at the operating point, for `part` "
+        "when the evaluation has it, else for all parts; null: not evaluated yet."
+    )
     images: list[ImageResult]
 
 
@@ -87,10 +173,19 @@ class HealthResponse(BaseModel):
     size: int = Field(description="Input size the networks were trained at, in pixels.")
     arch: str
     threshold: float
+    uncertain_margin: float
+    uncertain_band: tuple[float, float]
+    classes: list[str] = Field(description="Names of the negative and positive class.")
     backend: str
     max_files: int
     max_bytes: int
     parts: list[str] = Field(description="Accepted values of the `part` field.")
+    validation: OperatingPoint | None = Field(
+        description="All parts' validation figures; null: not evaluated yet."
+    )
+    validation_by_part: dict[str, OperatingPoint] = Field(
+        description="The same per body part (empty when not evaluated)."
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -111,6 +206,46 @@ class _Service:
     max_bytes: int
     max_pixels: int
     lock: threading.Lock
+    validation: OperatingPoint | None = None
+    validation_by_part: dict[str, OperatingPoint] | None = None
+
+    def operating_point(self, part: str | None) -> OperatingPoint | None:
+        by_part = self.validation_by_part or {}
+        return by_part.get(part, self.validation) if part else self.validation
+
+
+def read_validation(
+    model_dir: Path, threshold: float
+) -> tuple[OperatingPoint | None, dict[str, OperatingPoint]]:
+    """(all parts, per part) sensitivity and specificity from the model's evaluation on its
+    valid split (``eval-valid/metrics.json``); (None, {}) when it has not been evaluated or the
+    file cannot be read."""
+    path = Path(model_dir) / VALIDATION_METRICS
+    try:
+        metrics = read_metrics_json(path)
+        at = float(metrics.get("threshold", math.nan))
+        common = {
+            "threshold": at,
+            "same_threshold": math.isclose(at, threshold, abs_tol=1e-9),
+            "split": str(metrics.get("split", "valid")),
+            "source": VALIDATION_METRICS.as_posix(),
+        }
+
+        def point(scope: str, group: dict) -> OperatingPoint:
+            return OperatingPoint(
+                scope=scope,
+                sensitivity=group.get("sensitivity"),
+                specificity=group.get("specificity"),
+                n_studies=int(group["n_studies"]),
+                n_abnormal_studies=group.get("n_abnormal_studies"),
+                **common,
+            )
+
+        overall = point("all parts", metrics["overall"])
+        by_part = {p: point(p, g) for p, g in (metrics.get("by_part") or {}).items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, {}
+    return overall, by_part
 
 
 class _BodyLimit:
@@ -186,6 +321,7 @@ def create_app(
         max_pixels=max_pixels,
         lock=threading.Lock(),
     )
+    service.validation, service.validation_by_part = read_validation(model.source, model.threshold)
     if backend == "onnx":  # fail at start-up, not at the first request
         from murakit.infer.onnx import onnx_file, onnx_session
 
@@ -200,6 +336,8 @@ def create_app(
             "Research software, not a medical device."
         ),
         version="1",
+        docs_url=None,  # Swagger UI and ReDoc load from a CDN: /docs is our own page instead
+        redoc_url=None,
     )
     app.state.service = service
     # Multipart framing and the small form fields need a little room beyond the files.
@@ -210,7 +348,7 @@ def create_app(
     async def page_headers(request: Request, call_next):
         response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
-        if request.url.path == "/" or request.url.path.startswith("/static/"):
+        if request.url.path in ("/", "/docs") or request.url.path.startswith("/static/"):
             response.headers["Content-Security-Policy"] = _PAGE_CSP
             response.headers["Referrer-Policy"] = "no-referrer"
         return response
@@ -221,9 +359,17 @@ def create_app(
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        from murakit.serve.docs import render_docs
+
+        base = str(request.base_url).rstrip("/")
+        return HTMLResponse(render_docs(app.openapi(), base))
+
     @app.get("/health", response_model=HealthResponse, summary="Model and limits")
     def health() -> HealthResponse:
-        """Whether the server is up, which model it serves and the upload limits."""
+        """Whether the server is up, which model it serves, its operating threshold, uncertain
+        band and validation figures, and the upload limits."""
         return HealthResponse(
             status="ok",
             model=Path(model.source).name,
@@ -231,10 +377,15 @@ def create_app(
             size=int(model.config.size),
             arch=model.config.arch,
             threshold=service.threshold,
+            uncertain_margin=UNCERTAIN_MARGIN,
+            uncertain_band=uncertain_band(service.threshold),
+            classes=list(model.classes),
             backend=service.backend,
             max_files=max_files,
             max_bytes=max_bytes,
             parts=list(model.parts),
+            validation=service.validation,
+            validation_by_part=service.validation_by_part or {},
         )
 
     error_responses = {
@@ -255,9 +406,12 @@ def create_app(
             f"Multipart form: `files`, 1 to {max_files} images of ONE study (PNG, JPEG or "
             f"DICOM, judged by content, at most {_mb(max_bytes)} and "
             f"{max_pixels / 1e6:g} megapixels each); optional `part` (one of "
-            f"{', '.join(model.parts)}); optional `cam` (default true) for heat maps. The "
-            "study probability is the mean of the images' probabilities, each the mean over "
-            "the ensemble's members."
+            f"{', '.join(model.parts)}: selects which validation figures come back, nothing "
+            "else); optional `cam` (default true) for heat maps and the viewer's pictures. "
+            "The study probability is the mean of the images' probabilities, each the mean "
+            'over the ensemble\'s members. `decision` is "uncertain" within '
+            f"{UNCERTAIN_MARGIN:g} of the threshold. DICOM header fields (patient name, id, "
+            "dates) are never returned or logged."
         ),
         responses=error_responses,
     )
@@ -265,8 +419,16 @@ def create_app(
         files: list[UploadFile] | None = File(
             None, description="The study's images (repeat the field for each file)."
         ),
-        part: str | None = Form(None, description="Body part, e.g. XR_WRIST (optional)."),
-        cam: bool = Form(True, description="Also return a CAM overlay per image."),
+        part: str | None = Form(
+            None,
+            description="Body part, e.g. XR_WRIST (optional): selects the validation figures "
+            "returned; the probability and the decision do not depend on it.",
+        ),
+        cam: bool = Form(
+            True,
+            description="Also return a CAM overlay per image, and the viewer's pictures "
+            "(original, heat map alone, DICOM values).",
+        ),
     ) -> PredictResponse:
         files = files or []
         if not files:
@@ -362,42 +524,115 @@ def _predict_uploads(
     service: _Service, uploads: list[tuple[str, bytes]], part: str | None, cam: bool
 ) -> PredictResponse:
     images = [_decode(service, name, data) for name, data in uploads]
+    threshold = service.threshold
     with service.lock:
         probs = service.model.image_probabilities(
             images, backend=service.backend, onnx_path=service.onnx_path
         )
         size = service.cam_size or CAM_SIZE
-        overlays = [
-            _png_base64(
-                service.model.cam(img, size=size, predict_size=size, fixed=True).overlay(
-                    caption=name, probability=float(p)
-                )
-            )
-            if cam
-            else None
-            for (name, _), img, p in zip(uploads, images, probs, strict=True)
+        cams = [
+            service.model.cam(img, size=size, predict_size=size, fixed=True) if cam else None
+            for img in images
         ]
+    results = []
+    for (name, data), img, p, image_cam in zip(uploads, images, probs, cams, strict=True):
+        result = ImageResult(
+            name=name,
+            probability=float(p),
+            label=label_of(float(p), threshold, service.model.classes),
+            decision=decision_of(float(p), threshold),
+        )
+        if image_cam is not None:
+            shown = _display_size(img.shape[1], img.shape[0])
+            result.cam_png_base64 = _png_base64(
+                image_cam.overlay(caption=name, probability=float(p))
+            )
+            result.original_png_base64 = _png_base64(Image.fromarray(img, "L"), shown)
+            result.heat_png_base64 = _png_base64(image_cam.heat_layer(), shown)
+            if sniff_format(data[:132]) == "DICOM":
+                result.dicom = _dicom_pixels(data, img.shape, shown)
+        results.append(result)
     study = float(np.mean(probs))
     return PredictResponse(
         study_probability=study,
-        label=label_of(study, service.threshold, service.model.classes),
-        positive=study >= service.threshold,
-        threshold=service.threshold,
+        label=label_of(study, threshold, service.model.classes),
+        positive=study >= threshold,
+        decision=decision_of(study, threshold),
+        threshold=threshold,
+        uncertain_margin=UNCERTAIN_MARGIN,
+        uncertain_band=uncertain_band(threshold),
         part=part,
-        images=[
-            ImageResult(
-                name=name,
-                probability=float(p),
-                label=label_of(float(p), service.threshold, service.model.classes),
-                cam_png_base64=png,
-            )
-            for (name, _), p, png in zip(uploads, probs, overlays, strict=True)
-        ],
+        validation=service.operating_point(part),
+        images=results,
     )
 
 
-def _png_base64(picture) -> str:
-    if max(picture.size) > MAX_OVERLAY_SIDE:
+def _display_size(width: int, height: int) -> tuple[int, int]:
+    """The viewer's pictures: the image's own size, the longer side at most MAX_OVERLAY_SIDE."""
+    scale = min(1.0, MAX_OVERLAY_SIDE / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _dicom_pixels(data: bytes, shape: tuple[int, ...], size: tuple[int, int]) -> DicomPixels | None:
+    """The first frame's values after the modality LUT, shrunk to ``size``, and the file's
+    window, for window/level in the browser; None when the file is not plain grayscale or
+    its geometry differs from what the model saw (a fix cropped it). Only pixel and display
+    attributes are read: no header field reaches the response."""
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, pixel_array
+
+        from murakit.data.imageio import _ensure_transfer_syntax
+
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            return None
+        _ensure_transfer_syntax(ds)
+        values = np.asarray(apply_modality_lut(pixel_array(ds, index=0), ds), np.float32)
+        if values.ndim != 2 or values.shape != tuple(shape[:2]):
+            return None
+        center, width = _first_number(ds.get("WindowCenter")), _first_number(ds.get("WindowWidth"))
+    except Exception:  # the image already decoded for the model; W/L is a bonus
+        return None
+    if values.shape[::-1] != size:
+        values = np.asarray(Image.fromarray(values, "F").resize(size, Image.Resampling.BOX))
+    lo, hi = float(values.min()), float(values.max())
+    whole = np.array_equal(values, np.rint(values)) and hi - lo <= 65535
+    scale = 1.0 if whole or hi == lo else (hi - lo) / 65535
+    quantized = np.rint((values - lo) / scale).clip(0, 65535).astype("<u2")
+    from_file = center is not None and width is not None and width >= 1
+    return DicomPixels(
+        width=size[0],
+        height=size[1],
+        data_zlib_base64=base64.b64encode(zlib.compress(quantized.tobytes(), 6)).decode("ascii"),
+        offset=lo,
+        scale=scale,
+        window_center=center if from_file else (lo + hi) / 2,
+        window_width=width if from_file else max(1.0, hi - lo),
+        window_from_file=from_file,
+        minimum=lo,
+        maximum=hi,
+        invert=photometric == "MONOCHROME1",
+    )
+
+
+def _first_number(value) -> float | None:
+    """A DICOM DS/IS value, or the first of several (a file may offer several windows)."""
+    if value is None:
+        return None
+    try:
+        several = hasattr(value, "__len__") and not isinstance(value, (str, bytes))
+        number = float(value[0] if several else value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _png_base64(picture, size: tuple[int, int] | None = None) -> str:
+    if size is not None and picture.size != size:
+        picture = picture.resize(size, Image.Resampling.BILINEAR)
+    elif max(picture.size) > MAX_OVERLAY_SIDE:
         picture = picture.copy()
         picture.thumbnail((MAX_OVERLAY_SIDE, MAX_OVERLAY_SIDE))
     buffer = io.BytesIO()
