@@ -871,7 +871,7 @@ def cam(
     """Class activation maps (hot = evidence for abnormal) overlaid on the original images.
 
     With --gallery on a dataset whose truth.csv has boxes (FracAtlas's fractures), the boxes
-    are drawn in green on the overlays."""
+    are drawn in magenta on the overlays."""
     from murakit.data.truth import truth_boxes
     from murakit.explain.cam import cam_paths
     from murakit.infer.model import Model, ModelDirError

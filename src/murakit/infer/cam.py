@@ -43,6 +43,7 @@ ALPHA = 0.4  # opacity of the heat map where the evidence for "abnormal" is stro
 # readable with colour-vision deficiencies; unlike "jet", no false edges at its cyan and
 # yellow bands, and every level is a colour, never a gray that reads as bone.
 COLORMAP = "viridis"
+BOX_COLOR = (255, 0, 255)  # magenta: truth boxes stay distinct from every viridis colour
 
 
 @dataclass
@@ -153,7 +154,7 @@ class ImageCam:
         boxes: Sequence[tuple[float, float, float, float]] = (),
         probability: float | None = None,
     ) -> Image.Image:
-        """The picture: radiograph, heat map, ``boxes`` in green, caption with P(positive)."""
+        """The picture: radiograph, heat map, ``boxes`` in magenta, caption with P(positive)."""
         p = self.probability if probability is None else probability
         return overlay(self.image, self.heat, p, caption, self.positive, boxes)
 
@@ -230,7 +231,7 @@ def overlay(
     boxes: Sequence[tuple[float, float, float, float]] = (),
 ) -> Image.Image:
     """An RGB picture: the radiograph in gray with the CAM's positive part as a heat map, the
-    ground-truth ``boxes`` (e.g. fracture boxes) in green, and a caption bar
+    ground-truth ``boxes`` (e.g. fracture boxes) in magenta (no viridis colour), and a caption bar
     "P(abnormal) = 0.87  <caption>" underneath (``positive`` names the class).
 
     The heat is the CAM divided by its maximum (when positive), so the strongest evidence for
@@ -248,7 +249,7 @@ def overlay(
     picture = Image.fromarray(np.rint(rgb * 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(picture)
     for box in boxes:
-        draw.rectangle(box, outline=(0, 255, 0), width=max(1, round(max(gray.shape) / 250)))
+        draw.rectangle(box, outline=BOX_COLOR, width=max(1, round(max(gray.shape) / 250)))
     return _with_caption(picture, f"P({positive}) = {probability:.2f}", caption)
 
 

@@ -26,6 +26,7 @@ from murakit.evaluate.outputs import part_table
 from murakit.evaluate.threshold import read_threshold
 from murakit.fsutil import atomic_write_text
 from murakit.infer.ensemble_spec import ENSEMBLE_FILE, read_ensemble_spec
+from murakit.infer.results import UNCERTAIN_MARGIN
 from murakit.report.html import Evaluation, ModelInfo, find_evaluations, read_model
 from murakit.report.templating import render
 from murakit.train.provenance import PROVENANCE_FILE, read_provenance, software_versions
@@ -233,6 +234,7 @@ def render_model_card(model_dir: Path) -> str:
         recipe=_recipe(model),
         precision=_precision(model, provenance),
         threshold=_threshold(model),
+        uncertain_margin=UNCERTAIN_MARGIN,
         results=results,
         evaluate_command=f"murakit evaluate --model {shlex.quote(str(model_dir))}",
         provenance_file=PROVENANCE_FILE if (model_dir / PROVENANCE_FILE).exists() else None,
