@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing.process
+import os
 import re
 import subprocess
 import sys
@@ -43,10 +44,13 @@ def test_version():
 
 
 def test_shell_completion_script():
+    # typer names the shell from $SHELL (no shellingham here): the value of --show-completion
+    # is then the detected one, so the test sets it rather than trusting the caller's.
     result = subprocess.run(
-        [sys.executable, "-m", "murakit", "--show-completion", "bash"],
+        [sys.executable, "-m", "murakit", "--show-completion"],
         capture_output=True,
         text=True,
+        env={**os.environ, "SHELL": "/bin/bash"},
     )
     assert result.returncode == 0, result.stderr
     assert "complete" in result.stdout and "_MURAKIT_COMPLETE" in result.stdout.upper()
