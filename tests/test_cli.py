@@ -44,13 +44,13 @@ def test_version():
 
 
 def test_shell_completion_script():
-    # typer names the shell from $SHELL (no shellingham here): the value of --show-completion
-    # is then the detected one, so the test sets it rather than trusting the caller's.
+    # typer detects the shell from the parent processes, which a test run may not have (CI,
+    # a detached job); with detection off, --show-completion takes the shell as its value.
     result = subprocess.run(
-        [sys.executable, "-m", "murakit", "--show-completion"],
+        [sys.executable, "-m", "murakit", "--show-completion", "bash"],
         capture_output=True,
         text=True,
-        env={**os.environ, "SHELL": "/bin/bash"},
+        env={**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"},
     )
     assert result.returncode == 0, result.stderr
     assert "complete" in result.stdout and "_MURAKIT_COMPLETE" in result.stdout.upper()
