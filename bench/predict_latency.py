@@ -5,10 +5,18 @@ rep by rep, so load changes on a shared machine hit all alike) through:
   - predict_studies, torch backend, the runtime murakit picks (bf16 autocast where the CPU
     has it) and in plain fp32;
   - predict_studies, ONNX Runtime backend (the graph murakit export writes, fp32);
+  - predict_studies with its default backend ("auto": ONNX Runtime where model.onnx sits in
+    the model folder, as it does here, and onnxruntime is installed);
   - the HTTP API (real uvicorn server on 127.0.0.1), without and with CAM overlays.
 Every path includes decoding the files. Without --model, a DenseNet-169 (random weights, the
 real architecture) is saved as a run at 224 px, so the numbers are those of the reference
 model, not of a toy.
+
+Also printed: the study probabilities' largest difference between the paths (the default
+may be ONNX Runtime only where it agrees with torch within 0.01), the peak RSS of a
+fresh process per backend (load + the study), the CPU's ISA and fp32 matmul peak, and each p50
+against its compute floor: images x 6.72 GFLOP (DenseNet-169 forward at 224 px) per member
+at that peak.
 
     python bench/predict_latency.py [--model DIR] [--reps 20] [--cam-reps 5] [--quick]
 """
@@ -28,6 +36,39 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import DENSENET169_FWD_GFLOP, isa_line, matmul_peak, peak_line  # noqa: E402
+
+AGREE = 0.01
+
+
+def fresh_peak_rss(model_dir: Path, study: Path, backend: str, onnx_path: Path) -> float:
+    """Peak RSS (MB) of a new process that loads the model and predicts the study twice."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from murakit.infer.model import Model\n"
+        "m = Model.load(Path(sys.argv[1]), device='cpu')\n"
+        "for _ in range(2):\n"
+        "    m.predict(Path(sys.argv[2]), backend=sys.argv[3], onnx_path=Path(sys.argv[4]))\n"
+        # VmHWM, not ru_maxrss: that one keeps the parent's peak across fork + exec
+        "hwm = [x for x in Path('/proc/self/status').read_text().splitlines() if 'VmHWM' in x]\n"
+        "print(int(hwm[0].split()[1]) / 1024)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(model_dir), str(study), backend, str(onnx_path)],
+        capture_output=True,
+        text=True,
+    )
+    try:
+        return float(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        print(proc.stderr, file=sys.stderr)
+        return float("nan")
 
 
 def make_run(folder: Path, arch: str, size: int) -> Path:
@@ -123,17 +164,27 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="murakit-latency-") as tmp:
         tmp = Path(tmp)
+        built = args.model is None
         model_dir = args.model or make_run(tmp, args.arch, args.size)
+        peak = matmul_peak()
         loaded = Model.load(model_dir, device="cpu")
         studies = collect_studies(make_study(tmp / "study1", args.images))
         auto = make_runtime("cpu")
         fp32 = make_runtime("cpu", mixed_precision=False)
         as_fp32 = replace(loaded, runtime=fp32)
         start = time.perf_counter()
-        onnx_path = loaded.export_onnx(tmp / "model.onnx")
+        # in the model folder when the bench built it (so the default finds it), else aside
+        onnx_path = loaded.export_onnx((model_dir if built else tmp) / "model.onnx")
         export_s = time.perf_counter() - start
 
         files = [p.read_bytes() for p in studies[0].paths]
+        default = loaded.predict_studies(studies, onnx_path=None if built else onnx_path)
+        by_path = {
+            "torch auto runtime": loaded.predict_studies(studies, backend="torch"),
+            "torch fp32": as_fp32.predict_studies(studies, backend="torch"),
+            "onnxruntime": loaded.predict_studies(studies, backend="onnx", onnx_path=onnx_path),
+        }
+        study_p = {k: np.array([s.probability for s in r.studies]) for k, r in by_path.items()}
 
         def post(client, cam):
             parts = [
@@ -144,20 +195,25 @@ def main(argv: list[str] | None = None) -> int:
 
         app = create_app(model_dir, device="cpu", model=loaded)
         with running_server(app) as url, httpx.Client(base_url=url, timeout=600) as client:
+            torch_auto = f"predict_studies torch ({auto.describe()})"
+            torch_fp32 = f"predict_studies torch ({fp32.describe()})"
+            onnx_name = "predict_studies onnxruntime (fp32)"
             paths = {
-                f"predict_studies torch ({auto.describe()})": (
-                    lambda: loaded.predict_studies(studies),
+                torch_auto: (lambda: loaded.predict_studies(studies, backend="torch"), args.reps),
+                # (the same path, and row, where the auto runtime is fp32)
+                torch_fp32: (
+                    lambda: as_fp32.predict_studies(studies, backend="torch"),
                     args.reps,
                 ),
-                f"predict_studies torch ({fp32.describe()})": (
-                    lambda: as_fp32.predict_studies(studies),
-                    args.reps,
-                ),
-                "predict_studies onnxruntime (fp32)": (
+                onnx_name: (
                     lambda: loaded.predict_studies(studies, backend="onnx", onnx_path=onnx_path),
                     args.reps,
                 ),
-                "HTTP /api/predict, no CAM (torch, auto runtime)": (
+                f"predict_studies default (auto: {default.backend})": (
+                    lambda: loaded.predict_studies(studies, onnx_path=None if built else onnx_path),
+                    args.reps,
+                ),
+                "HTTP /api/predict, no CAM (server's default backend)": (
                     lambda: post(client, "false"),
                     args.reps,
                 ),
@@ -167,7 +223,14 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: post(client, "true"),
                     args.cam_reps,
                 )
-            rows = [summary(k, v) for k, v in interleaved(paths, args.warmup).items()]
+            times = interleaved(paths, args.warmup)
+            rows = [summary(k, v) for k, v in times.items()]
+        # peak RSS of a fresh process loading the model and predicting the study, per backend
+        study_dir = studies[0].paths[0].parent
+        rss = {b: fresh_peak_rss(model_dir, study_dir, b, onnx_path) for b in ("torch", "onnx")}
+        for r in rows:
+            backend = "onnx" if "onnx" in r["path"] else "torch"
+            r["peak_rss_mb"] = rss[backend] if r["path"].startswith("predict") else float("nan")
 
     print(
         f"\nStudy of {args.images} images, model {loaded.config.arch} at "
@@ -175,17 +238,44 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; ONNX export took "
         f"{export_s:.1f} s\n"
     )
-    width = max(len(r["path"]) for r in rows)
-    print(f"{'path':<{width}}  {'p50 ms':>8}  {'p95 ms':>8}  {'reps':>4}")
-    for r in rows:
-        print(f"{r['path']:<{width}}  {r['p50_ms']:>8.0f}  {r['p95_ms']:>8.0f}  {r['reps']:>4}")
-    torch_auto, torch_fp32, onnx = (r["p50_ms"] for r in rows[:3])
+    print(isa_line())
+    floor_ms = (
+        (args.images * len(loaded.models) * DENSENET169_FWD_GFLOP * (loaded.config.size / 224) ** 2)
+        / peak["fp32"]
+        * 1000
+    )
     print(
-        f"\nonnx / torch p50: {onnx / torch_auto:.2f} vs the auto runtime, "
-        f"{onnx / torch_fp32:.2f} vs fp32"
+        f"{peak_line(peak)}; compute floor of the study: {args.images} x "
+        f"{DENSENET169_FWD_GFLOP} GFLOP x {len(loaded.models)} member(s) at the fp32 peak = "
+        f"{floor_ms:.0f} ms (DenseNet-169; other archs: read the ratio as rough)\n"
+    )
+    width = max(len(r["path"]) for r in rows)
+    print(
+        f"{'path':<{width}}  {'p50 ms':>8}  {'p95 ms':>8}  {'p50/floor':>9}  {'peak RSS MB':>11}"
+        f"  {'reps':>4}"
+    )
+    for r in rows:
+        print(
+            f"{r['path']:<{width}}  {r['p50_ms']:>8.0f}  {r['p95_ms']:>8.0f}  "
+            f"{r['p50_ms'] / floor_ms:>8.2f}x  {r['peak_rss_mb']:>11.0f}  {r['reps']:>4}"
+        )
+    base = study_p["torch fp32"]
+    for name, probs in study_p.items():
+        if name != "torch fp32":
+            diff = float(np.max(np.abs(probs - base)))
+            verdict = "agree" if diff <= AGREE else "DISAGREE"
+            print(f"study probability, {name} vs torch fp32: max |diff| {diff:.2e} ({verdict})")
+    p50 = {r["path"]: r["p50_ms"] for r in rows}
+    print(
+        f"\nonnx / torch p50: {p50[onnx_name] / p50[torch_auto]:.2f} vs the auto runtime, "
+        f"{p50[onnx_name] / p50[torch_fp32]:.2f} vs fp32; peak RSS of a fresh process "
+        "(load + one study; HTTP rows: see the server's): "
+        + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items())
     )
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "export_s": export_s}, indent=2))
+        args.json.write_text(
+            json.dumps({"rows": rows, "export_s": export_s, "peak": peak}, indent=2)
+        )
     return 0
 
 

@@ -1214,14 +1214,30 @@ def demo(
     ] = None,
 ) -> None:
     """The whole reference pipeline on a synthetic sample: generate, train an ensemble, evaluate,
-    explain with CAMs, write the report. Re-running continues where it stopped."""
+    explain with CAMs, write the report. Re-running continues where it stopped. Ends with the
+    time each stage took."""
+    # The demo's members adapt their threads to the cores other processes leave free (on a
+    # shared 2-core machine a fixed two-thread step slowed up to 10x; bench/contention.py),
+    # at the cost of bit-identical reruns under changing load. MURAKIT_ADAPTIVE_THREADS=0
+    # keeps them fixed.
+    os.environ.setdefault("MURAKIT_ADAPTIVE_THREADS", "1")
     start = time.time()
+    budget: dict[str, float] = {}
+    tick = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal tick
+        now = time.perf_counter()
+        budget[stage] = now - tick
+        tick = now
+
     data_dir = out / "data"
     root = data_dir / "MURA-v1.1"
     ensemble_dir = out / "ensemble"
     if not (root / "valid_labeled_studies.csv").exists():
         synth(data_dir, studies=studies, seed=0, difficulty=0.5, workers=None)
     stats(root, as_json=False, check_files=False, workers=None)
+    lap("data")
     ensemble_train(
         out=ensemble_dir,
         data=root,
@@ -1231,6 +1247,7 @@ def demo(
         preset="demo",
         epochs=epochs,
     )
+    lap("members")
     evaluate(
         model=ensemble_dir,
         data=root,
@@ -1244,7 +1261,9 @@ def demo(
         device="auto",
         skip_bad=False,
     )
+    lap("evaluation")
     cam(model=ensemble_dir, inputs=None, out=None, size=512, gallery=6)
+    lap("CAMs")
     first_image = next((root / "train").rglob("image1.png"))
     augment_preview_cmd(
         image=first_image,
@@ -1254,11 +1273,54 @@ def demo(
         rotation=30.0,
         seed=0,
     )
+    lap("augmentation preview")
     report(model_dir=ensemble_dir, data=root)
+    lap("report")
+    _print_demo_budget(budget, ensemble_dir / "members")
     console.print(
         f"[bold green]demo finished in {time.time() - start:.0f} s.[/] "
         f"Open {(ensemble_dir / 'report.html').resolve()} in a browser."
     )
+
+
+def _print_demo_budget(budget: dict[str, float], members_dir: Path) -> None:
+    """Where the demo's time went: one row per stage and per ensemble member (its training
+    passes, from its metrics.csv; validating and selecting is the rest of the stage)."""
+    import csv
+
+    table = Table(title="demo time budget")
+    for col in ("stage", "seconds", "share", "note"):
+        table.add_column(col, justify="right" if col in ("seconds", "share") else "left")
+    total = sum(budget.values()) or 1.0
+    for stage, seconds in budget.items():
+        table.add_row(stage, f"{seconds:.0f}", f"{seconds / total:.0%}", "")
+        if stage != "members":
+            continue
+        trained = 0.0
+        for member in sorted(members_dir.glob("member-*")):
+            try:
+                with open(member / "metrics.csv", newline="") as f:
+                    rows = list(csv.DictReader(f))
+                secs = [float(r["seconds"]) for r in rows]
+                rates = [float(r["img_per_s"]) for r in rows]
+            except (OSError, KeyError, ValueError):
+                continue
+            if not rows:
+                continue
+            trained += sum(secs)
+            table.add_row(
+                f"  {member.name}",
+                f"{sum(secs):.0f}",
+                f"{sum(secs) / total:.0%}",
+                f"{len(rows)} epochs, {min(rates):.0f}-{max(rates):.0f} img/s",
+            )
+        if trained > seconds:
+            table.add_row("", "", "", "members trained by an earlier run (resumed)")
+        elif trained:
+            rest = seconds - trained
+            table.add_row("  validation, selection", f"{rest:.0f}", f"{rest / total:.0%}", "")
+    table.add_row("total", f"{total:.0f}", "100%", "")
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover - console-script entry point

@@ -35,7 +35,7 @@ from murakit.infer.runtime import Runtime, make_runtime
 from murakit.infer.studies import StudyInput, collect_studies
 from murakit.model.densenet import build_model
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx")  # and "auto": choose_backend() picks one
 ImageInput = str | Path | np.ndarray
 
 
@@ -160,14 +160,18 @@ class Model:
         self,
         images: Sequence[np.ndarray],
         *,
-        backend: str = "torch",
+        backend: str = "auto",
         onnx_path: Path | None = None,
         batch_size: int = 16,
         on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """P(positive) per image already fixed by :meth:`Preprocessor.read`/``fix``: the torch
         path runs :meth:`probabilities`, so a prediction is what evaluation gives; the onnx
-        path runs the exported graph (``model.onnx`` in the model folder by default)."""
+        path runs the exported graph (``model.onnx`` in the model folder by default); "auto"
+        the onnx path where that graph and onnxruntime are present, else torch."""
+        from murakit.infer.runtime import choose_backend
+
+        backend = choose_backend(backend, self.source, onnx_path)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
         if not len(images):
@@ -192,7 +196,7 @@ class Model:
         *,
         aggregation: str = "mean",
         threshold: float | None = None,
-        backend: str = "torch",
+        backend: str = "auto",
         onnx_path: Path | None = None,
         batch_size: int = 16,
         max_pixels: int = MAX_PIXELS,
@@ -236,7 +240,7 @@ class Model:
         *,
         aggregation: str = "mean",
         threshold: float | None = None,
-        backend: str = "torch",
+        backend: str = "auto",
         onnx_path: Path | None = None,
         batch_size: int = 16,
         max_pixels: int = MAX_PIXELS,
@@ -247,6 +251,9 @@ class Model:
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; choose from {AGGREGATIONS}")
         threshold = self.threshold if threshold is None else threshold
+        from murakit.infer.runtime import choose_backend
+
+        backend = choose_backend(backend, self.source, onnx_path)
         if backend == "onnx":
             from murakit.infer.onnx import onnx_file
 
