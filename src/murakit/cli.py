@@ -1024,8 +1024,16 @@ def predict(
             dir_okay=False,
         ),
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="json | csv.")] = "json",
-    backend: Annotated[str, typer.Option(help="torch | onnx (see `murakit export`).")] = "torch",
+    fmt: Annotated[
+        Literal["json", "csv"], typer.Option("--format", help="Output format.")
+    ] = "json",
+    backend: Annotated[
+        Literal["auto", "torch", "onnx"],
+        typer.Option(
+            help="auto: ONNX Runtime where MODEL/model.onnx (from `murakit export`) is newer "
+            "than the checkpoints (about twice as fast on a CPU), else torch."
+        ),
+    ] = "auto",
     onnx: Annotated[
         Path | None, typer.Option(help="ONNX file for --backend onnx (default: MODEL/model.onnx).")
     ] = None,
@@ -1037,10 +1045,12 @@ def predict(
         typer.Option(help="Abnormal when probability >= this (default: the model's, else 0.5)."),
     ] = None,
     aggregation: Annotated[
-        str, typer.Option(help="Study probability: mean | max | median.")
+        Literal["mean", "max", "median"], typer.Option(help="Study probability from its images'.")
     ] = "mean",
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 16,
+    device: Annotated[
+        str, typer.Option(help="auto | cpu | cuda | cuda:N.", callback=_check_device)
+    ] = "auto",
 ) -> None:
     """P(abnormal) per image and per study for new studies (PNG, JPEG, DICOM), with the
     class called at the threshold and a decision: positive, negative, or uncertain when the
@@ -1051,8 +1061,6 @@ def predict(
 
     if bool(paths) == (mura_csv is not None):
         fail("give either PATHS or --mura-csv FILE", 2)
-    if fmt not in ("json", "csv"):
-        fail(f"--format must be json or csv, not {fmt!r}")
     try:
         studies = read_mura_csv(mura_csv) if mura_csv else collect_studies(paths)
         loaded = Model.load(model, device=device)
@@ -1127,8 +1135,13 @@ def serve(
     model: ModelOpt,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-    backend: Annotated[str, typer.Option(help="torch | onnx.")] = "torch",
+    device: Annotated[
+        str, typer.Option(help="auto | cpu | cuda | cuda:N.", callback=_check_device)
+    ] = "auto",
+    backend: Annotated[
+        Literal["auto", "torch", "onnx"],
+        typer.Option(help="auto: ONNX Runtime where MODEL/model.onnx is current, else torch."),
+    ] = "auto",
     onnx: Annotated[Path | None, typer.Option(help="ONNX file for --backend onnx.")] = None,
     max_files: Annotated[int, typer.Option(help="Most images per request.")] = 11,
     max_mb: Annotated[float, typer.Option(help="Largest upload per file, MB.")] = 20.0,

@@ -50,7 +50,7 @@ def predict_studies(
     model: Model,
     studies: Sequence[StudyInput],
     *,
-    backend: str = "torch",
+    backend: str = "auto",
     onnx_path: Path | None = None,
     cam_dir: Path | None = None,
     threshold: float | None = None,

@@ -53,6 +53,7 @@ from murakit.evaluate.outputs import read_metrics_json
 from murakit.infer.cam import CAM_SIZE
 from murakit.infer.model import Model
 from murakit.infer.results import UNCERTAIN_MARGIN, decision_of, label_of, uncertain_band
+from murakit.infer.runtime import choose_backend
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_FILES = 11  # MURA's largest study
@@ -298,7 +299,7 @@ def create_app(
     max_bytes: int = MAX_BYTES,
     max_pixels: int = MAX_PIXELS,
     device: str = "auto",
-    backend: str = "torch",
+    backend: str = "auto",
     onnx_path: Path | None = None,
     cam_size: int = 0,
     model: Model | None = None,
@@ -307,9 +308,11 @@ def create_app(
 
     `max_files`, `max_bytes` (per file) and `max_pixels` (per image, checked from the header)
     bound what one request may cost. `backend` "onnx" runs the exported graph (see
-    :mod:`murakit.infer.onnx`); CAM overlays always use the torch models.
+    :mod:`murakit.infer.onnx`), "auto" does where a current model.onnx is at hand; CAM
+    overlays always use the torch models.
     """
     model = model or Model.load(Path(model_dir), device=device)
+    backend = choose_backend(backend, model.source, onnx_path)
     service = _Service(
         model=model,
         threshold=model.threshold,
