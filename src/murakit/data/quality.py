@@ -833,6 +833,24 @@ def _gap_along(exposed: np.ndarray) -> tuple[float, int]:
     return min(_ramp(sides, 0.3, 0.6), _ramp(floor, 0.12, 0.04), _ramp(share, 0.04, 0.1)), at
 
 
+_SEAM_NAMES = (
+    "seam_cover",
+    "seam_joint",
+    "seam_cover_at",
+    "seam_sign_at",
+    "seam_anatomy_at",
+    "seam_strip_at",
+    "seam_strip",
+    "seam_level_step",
+    "seam_lines",
+    "seam_off_centre",
+    "seam_faint_cover",
+    "seam_faint_joint",
+    "seam_mismatch_at",
+    "seam_mismatch",
+)
+
+
 PANEL_FEATURES = tuple(
     f"{axis}_{name}"
     for axis in ("x", "y")
@@ -844,20 +862,7 @@ PANEL_FEATURES = tuple(
         "side_texture",
         "balance",
         "level_step",
-        "seam_cover",
-        "seam_joint",
-        "seam_cover_at",
-        "seam_sign_at",
-        "seam_anatomy_at",
-        "seam_strip_at",
-        "seam_strip",
-        "seam_level_step",
-        "seam_lines",
-        "seam_off_centre",
-        "seam_faint_cover",
-        "seam_faint_joint",
-        "seam_mismatch_at",
-        "seam_mismatch",
+        *_SEAM_NAMES,
         "mirror",
     )
 )
@@ -1084,24 +1089,6 @@ def _mirror_similarity(small: np.ndarray) -> float:
         norm = float(np.sqrt((left @ left) * (right @ right)))
         best = max(best, float(left @ right) / (norm + 1e-9))
     return best
-
-
-_SEAM_NAMES = (
-    "seam_cover",
-    "seam_joint",
-    "seam_cover_at",
-    "seam_sign_at",
-    "seam_anatomy_at",
-    "seam_strip_at",
-    "seam_strip",
-    "seam_level_step",
-    "seam_lines",
-    "seam_off_centre",
-    "seam_faint_cover",
-    "seam_faint_joint",
-    "seam_mismatch_at",
-    "seam_mismatch",
-)
 
 
 def panel_features(img: np.ndarray) -> tuple[dict[str, float], dict[str, int]]:
