@@ -18,10 +18,12 @@ DICOM needs the optional ``pydicom`` package (``pip install murakit[dicom]``).
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
@@ -431,6 +433,50 @@ def _read_dicom(fp: IO[bytes], name: str, max_pixels: int) -> np.ndarray:
     # pixel_array already turned YBR into RGB; weigh channels as PIL's RGB->L does.
     luma = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     return _rescale(luma, 0, 2 ** int(ds.get("BitsStored", 8)) - 1)
+
+
+@dataclass(frozen=True)
+class DicomValues:
+    """A grayscale DICOM's first frame as values after the modality LUT (physical units),
+    with the window the file suggests: what a viewer needs for window/level. No header
+    field beyond these display attributes is kept."""
+
+    values: np.ndarray  # (H, W) float32
+    window_center: float | None
+    window_width: float | None
+    invert: bool  # MONOCHROME1: low values are shown white
+
+
+def read_dicom_values(data: bytes, name: str = "upload") -> DicomValues:
+    """The display values of a MONOCHROME1/2 DICOM in memory (the same modality LUT the
+    reader applies before windowing); BadImageError for anything else."""
+    ds = _dcmread(io.BytesIO(data), name, pixels=True)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise BadImageError(name, f"not grayscale DICOM ({photometric})")
+    _ensure_transfer_syntax(ds)
+    from pydicom.pixels import apply_modality_lut, pixel_array
+
+    try:
+        values = np.asarray(apply_modality_lut(pixel_array(ds, index=0), ds), np.float32)
+    except Exception as err:
+        raise BadImageError(name, f"cannot decode pixel data: {_one_line(err)}") from None
+    if values.ndim != 2:
+        raise BadImageError(name, f"unsupported DICOM: {photometric} with shape {values.shape}")
+    center, width = _first_number(ds.get("WindowCenter")), _first_number(ds.get("WindowWidth"))
+    return DicomValues(values, center, width, photometric == "MONOCHROME1")
+
+
+def _first_number(value: Any) -> float | None:
+    """A DICOM DS/IS value, or the first of several (a file may offer several windows)."""
+    if value is None:
+        return None
+    try:
+        several = hasattr(value, "__len__") and not isinstance(value, (str, bytes))
+        number = float(value[0] if several else value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _one_line(err: Exception) -> str:

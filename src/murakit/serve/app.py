@@ -48,7 +48,12 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from murakit.data.imageio import BadImageError, describe_content, sniff_format
+from murakit.data.imageio import (
+    BadImageError,
+    describe_content,
+    read_dicom_values,
+    sniff_format,
+)
 from murakit.evaluate.outputs import read_metrics_json
 from murakit.infer.cam import CAM_SIZE
 from murakit.infer.model import Model
@@ -577,27 +582,18 @@ def _display_size(width: int, height: int) -> tuple[int, int]:
 
 
 def _dicom_pixels(data: bytes, shape: tuple[int, ...], size: tuple[int, int]) -> DicomPixels | None:
-    """The first frame's values after the modality LUT, shrunk to ``size``, and the file's
-    window, for window/level in the browser; None when the file is not plain grayscale or
-    its geometry differs from what the model saw (a fix cropped it). Only pixel and display
-    attributes are read: no header field reaches the response."""
+    """The first frame's values after the modality LUT (:func:`read_dicom_values`), shrunk to
+    ``size``, and the file's window, for window/level in the browser; None when the file is
+    not plain grayscale or its geometry differs from what the model saw (a fix cropped it).
+    Only pixel and display attributes are read: no header field reaches the response."""
     try:
-        import pydicom
-        from pydicom.pixels import apply_modality_lut, pixel_array
-
-        from murakit.data.imageio import _ensure_transfer_syntax
-
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-            return None
-        _ensure_transfer_syntax(ds)
-        values = np.asarray(apply_modality_lut(pixel_array(ds, index=0), ds), np.float32)
-        if values.ndim != 2 or values.shape != tuple(shape[:2]):
-            return None
-        center, width = _first_number(ds.get("WindowCenter")), _first_number(ds.get("WindowWidth"))
-    except Exception:  # the image already decoded for the model; W/L is a bonus
+        dicom = read_dicom_values(data)
+    except BadImageError:  # the image already decoded for the model; W/L is a bonus
         return None
+    values = dicom.values
+    if values.shape != tuple(shape[:2]):
+        return None
+    center, width = dicom.window_center, dicom.window_width
     if values.shape[::-1] != size:
         values = np.asarray(Image.fromarray(values, "F").resize(size, Image.Resampling.BOX))
     lo, hi = float(values.min()), float(values.max())
@@ -616,20 +612,8 @@ def _dicom_pixels(data: bytes, shape: tuple[int, ...], size: tuple[int, int]) ->
         window_from_file=from_file,
         minimum=lo,
         maximum=hi,
-        invert=photometric == "MONOCHROME1",
+        invert=dicom.invert,
     )
-
-
-def _first_number(value) -> float | None:
-    """A DICOM DS/IS value, or the first of several (a file may offer several windows)."""
-    if value is None:
-        return None
-    try:
-        several = hasattr(value, "__len__") and not isinstance(value, (str, bytes))
-        number = float(value[0] if several else value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _png_base64(picture, size: tuple[int, int] | None = None) -> str:
