@@ -115,7 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cam-size", type=int, default=512)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--overlays", type=int, default=12, help="overlays to save (box in green)")
+    p.add_argument("--quick", action="store_true", help="300 studies, 2 epochs (runs the path)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.studies, args.epochs = 300, 2
 
     start = time.perf_counter()
     data = args.data or args.out / "synth"

@@ -7,7 +7,9 @@ rep by rep, so load changes on a shared machine hit all alike) through:
   - predict_studies, ONNX Runtime backend (the graph murakit export writes, fp32);
   - predict_studies with its default backend ("auto": ONNX Runtime where model.onnx sits in
     the model folder, as it does here, and onnxruntime is installed);
-  - the HTTP API (real uvicorn server on 127.0.0.1), without and with CAM overlays.
+  - the HTTP API (real uvicorn server on 127.0.0.1), without and with CAM overlays at 512
+    px, the CAMs through the server's default backend (ONNX Runtime here: the exported graph
+    gives CAMs at any size) and through torch (a second server with --backend torch).
 Every path includes decoding the files. Without --model, a DenseNet-169 (random weights, the
 real architecture) is saved as a run at 224 px, so the numbers are those of the reference
 model, not of a toy.
@@ -16,7 +18,8 @@ Also printed: the study probabilities' largest difference between the paths (the
 may be ONNX Runtime only where it agrees with torch within 0.01), the peak RSS of a
 fresh process per backend (load + the study), the CPU's ISA and fp32 matmul peak, and each p50
 against its compute floor: images x 6.72 GFLOP (DenseNet-169 forward at 224 px) per member
-at that peak.
+at that peak; a CAM row against the CAM floor (the same at 512 px: (512/224)^2 as much per
+image; the prediction pass at the training size comes on top of it).
 
     python bench/predict_latency.py [--model DIR] [--reps 20] [--cam-reps 5] [--quick]
 """
@@ -157,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import httpx
 
+    from murakit.infer.cam import CAM_SIZE
     from murakit.infer.model import Model
     from murakit.infer.runtime import make_runtime
     from murakit.infer.studies import collect_studies
@@ -194,7 +198,13 @@ def main(argv: list[str] | None = None) -> int:
             response.raise_for_status()
 
         app = create_app(model_dir, device="cpu", model=loaded)
-        with running_server(app) as url, httpx.Client(base_url=url, timeout=600) as client:
+        torch_app = create_app(model_dir, device="cpu", model=loaded, backend="torch")
+        with (
+            running_server(app) as url,
+            httpx.Client(base_url=url, timeout=600) as client,
+            running_server(torch_app) as torch_url,
+            httpx.Client(base_url=torch_url, timeout=600) as torch_client,
+        ):
             torch_auto = f"predict_studies torch ({auto.describe()})"
             torch_fp32 = f"predict_studies torch ({fp32.describe()})"
             onnx_name = "predict_studies onnxruntime (fp32)"
@@ -219,8 +229,12 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             }
             if args.cam_reps:
-                paths["HTTP /api/predict with CAM at 512 px"] = (
+                paths[f"HTTP /api/predict with CAM at 512 px ({default.backend})"] = (
                     lambda: post(client, "true"),
+                    args.cam_reps,
+                )
+                paths["HTTP /api/predict with CAM at 512 px (torch)"] = (
+                    lambda: post(torch_client, "true"),
                     args.cam_reps,
                 )
             times = interleaved(paths, args.warmup)
@@ -239,15 +253,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{export_s:.1f} s\n"
     )
     print(isa_line())
-    floor_ms = (
-        (args.images * len(loaded.models) * DENSENET169_FWD_GFLOP * (loaded.config.size / 224) ** 2)
-        / peak["fp32"]
-        * 1000
-    )
+
+    def floor(size: int) -> float:
+        gflop = args.images * len(loaded.models) * DENSENET169_FWD_GFLOP * (size / 224) ** 2
+        return gflop / peak["fp32"] * 1000
+
+    floor_ms, cam_floor_ms = floor(loaded.config.size), floor(CAM_SIZE)
     print(
         f"{peak_line(peak)}; compute floor of the study: {args.images} x "
         f"{DENSENET169_FWD_GFLOP} GFLOP x {len(loaded.models)} member(s) at the fp32 peak = "
-        f"{floor_ms:.0f} ms (DenseNet-169; other archs: read the ratio as rough)\n"
+        f"{floor_ms:.0f} ms, {cam_floor_ms:.0f} ms at {CAM_SIZE} px for the CAM rows "
+        "(DenseNet-169; other archs: read the ratio as rough)\n"
     )
     width = max(len(r["path"]) for r in rows)
     print(
@@ -257,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(
             f"{r['path']:<{width}}  {r['p50_ms']:>8.0f}  {r['p95_ms']:>8.0f}  "
-            f"{r['p50_ms'] / floor_ms:>8.2f}x  {r['peak_rss_mb']:>11.0f}  {r['reps']:>4}"
+            f"{r['p50_ms'] / (cam_floor_ms if 'CAM at' in r['path'] else floor_ms):>8.2f}x  "
+            f"{r['peak_rss_mb']:>11.0f}  {r['reps']:>4}"
         )
     base = study_p["torch fp32"]
     for name, probs in study_p.items():

@@ -19,12 +19,20 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# In bench/ but not benchmarks: it rebuilds the shipped weights (a committed file).
+NOT_BENCHMARKS = {"train_quality_models.py"}
 
 
 def scripts() -> list[Path]:
-    """The bench scripts; _name.py files are helpers, not benches."""
+    """The bench scripts: not _name.py helpers, not NOT_BENCHMARKS, not modules without a
+    ``__main__`` block (code the scripts share, such as quality_real.py)."""
     return sorted(
-        p for p in HERE.glob("*.py") if p.name != Path(__file__).name and not p.name.startswith("_")
+        p
+        for p in HERE.glob("*.py")
+        if p.name != Path(__file__).name
+        and not p.name.startswith("_")
+        and p.name not in NOT_BENCHMARKS
+        and '__name__ == "__main__"' in p.read_text()
     )
 
 

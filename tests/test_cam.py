@@ -32,7 +32,11 @@ from murakit.model.densenet import build_model
 @pytest.fixture(scope="module")
 def minis() -> list[torch.nn.Module]:
     torch.manual_seed(0)
-    return [build_model("densenet-mini").eval() for _ in range(2)]
+    models = [build_model("densenet-mini").eval() for _ in range(2)]
+    for model, bias in zip(models, (0.8, -0.5), strict=True):
+        with torch.no_grad():  # a fresh classifier's bias is 0; a trained one's is not
+            model.class_layers.out.bias.fill_(bias)
+    return models
 
 
 PLAIN = Preprocessor(512)  # no fixes: the CAM sees the image as given

@@ -90,13 +90,23 @@ def predict_studies(
                         Path(cam_dir),
                         taken,
                         max_pixels,
+                        backend,
+                        onnx_path,
                     )
                 )
     return result
 
 
 def _write_cam(
-    model: Model, path: Path, probability: float, study: str, cam_dir, taken, max_pixels
+    model: Model,
+    path: Path,
+    probability: float,
+    study: str,
+    cam_dir,
+    taken,
+    max_pixels,
+    backend: str,
+    onnx_path: Path | None,
 ) -> Path:
     """The overlay of one image, captioned with the probability the prediction reports (the
     CAM pass runs once per member at 512 px; no second pass at the training size)."""
@@ -108,7 +118,14 @@ def _write_cam(
         name, k = f"{safe}-{k}.png", k + 1
     taken.add(name)
     cam_dir.mkdir(parents=True, exist_ok=True)
-    cam = model.cam(path, size=CAM_SIZE, predict_size=CAM_SIZE, max_pixels=max_pixels)
+    cam = model.cam(
+        path,
+        size=CAM_SIZE,
+        predict_size=CAM_SIZE,
+        max_pixels=max_pixels,
+        backend=backend,
+        onnx_path=onnx_path,
+    )
     picture = cam.overlay(caption=f"{study}/{path.name}", probability=probability)
     return save_overlay(cam_dir / name, picture)
 

@@ -4,12 +4,14 @@ For an input at ``size`` pixels (512 by default, as in the reference: 16 x 16 ma
 DenseNet's stride of 32, sharper than 7 x 7 at 224), with F the last feature maps after the
 final norm and ReLU and (w, b) the classifier's weight and bias::
 
-    cam[i, j] = sum_c w_c * F_c[i, j] + b / (h * w)
+    cam[i, j] = sum_c w_c * F_c[i, j] + b
 
-The bias is spread evenly over the h x w cells so that the CAM is in logit units and its
-spatial mean is *exactly* the network's logit at that size (global average pooling is a mean,
-and the classifier is linear). Positive cells are evidence for "abnormal", negative ones for
-"normal". An ensemble's CAM is the mean of its members' maps, and its mean is the mean logit.
+Each cell is the logit of an image made of that cell alone, so the CAM is in logit units and
+its spatial mean is *exactly* the network's logit at that size (global average pooling is a
+mean, and the classifier is linear). Positive cells are evidence for "abnormal", negative ones
+for "normal". An ensemble's CAM is the mean of its members' maps, and its mean is the mean
+logit. (Before 2 December 2026 the bias was divided by the cell count, which shifted every
+map by nearly -b and broke that identity for trained models; untrained ones have b = 0.)
 
 Models trained at 224 px (or 96 px in the tests) are run at 512 for the map, as in the
 reference: the network is fully convolutional up to the global pooling. Their probability at
@@ -32,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from murakit.data.transforms import original_box_in_square
 from murakit.fsutil import atomic_write_bytes
-from murakit.model.densenet import classifier_params, feature_maps
+from murakit.model.densenet import classifier_params, logits_and_cams
 
 if TYPE_CHECKING:
     from murakit.infer.preprocess import Preprocessor
@@ -74,15 +76,12 @@ def class_activation_map(
     ``cams[n].mean() == logits[n]`` up to float rounding, and ``logits`` equals ``model(x)``.
     """
     model.eval()  # BatchNorm on running statistics and no dropout: the CAM identity needs both
-    weight, bias = classifier_params(model)
+    weight, _ = classifier_params(model)
     if weight.shape[0] != 1:
         raise ValueError(f"CAM expects a one-output classifier, got {weight.shape[0]} outputs")
     with torch.inference_mode():
-        maps = feature_maps(model, x.to(weight.device, weight.dtype)).float()
-        h, w = maps.shape[-2:]
-        cams = torch.einsum("c,nchw->nhw", weight[0].float(), maps) + bias[0].float() / (h * w)
-        logits = cams.mean(dim=(1, 2))
-    return cams.cpu(), logits.cpu()
+        logits, cams = logits_and_cams(model, x.to(weight.device, weight.dtype))
+    return cams.float().cpu(), logits.float().cpu()
 
 
 def _predict_logit(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -90,6 +89,11 @@ def _predict_logit(model: torch.nn.Module, x: torch.Tensor) -> float:
     model.eval()
     with torch.inference_mode():
         return float(model(x.to(weight.device, weight.dtype)).float()[0, 0])
+
+
+def check_cam_size(size: int) -> None:
+    if size < 32:
+        raise ValueError(f"CAM size must be at least 32 px (DenseNet's stride), got {size}")
 
 
 def compute_cam(
@@ -106,8 +110,7 @@ def compute_cam(
     """
     if not models:
         raise ValueError("compute_cam needs at least one model")
-    if size < 32:
-        raise ValueError(f"CAM size must be at least 32 px (DenseNet's stride), got {size}")
+    check_cam_size(size)
     predict_size = predict_size or size
     x = preprocessor.tensor(image, size).unsqueeze(0)
     x_predict = x if predict_size == size else preprocessor.tensor(image, predict_size)[None]

@@ -21,7 +21,7 @@ from murakit.data.imageio import MAX_PIXELS, BadImageError
 from murakit.data.index import DatasetInfo, ImageRecord
 from murakit.evaluate.aggregate import AGGREGATIONS, study_probabilities
 from murakit.evaluate.threshold import DEFAULT_THRESHOLD, read_threshold
-from murakit.infer.cam import CAM_SIZE, ImageCam, compute_cam
+from murakit.infer.cam import CAM_SIZE, ImageCam, check_cam_size, compute_cam
 from murakit.infer.ensemble_spec import ENSEMBLE_FILE, member_run_dir, read_ensemble_spec
 from murakit.infer.preprocess import Preprocessor
 from murakit.infer.results import (
@@ -310,20 +310,40 @@ class Model:
         predict_size: int | None = None,
         max_pixels: int = MAX_PIXELS,
         fixed: bool = False,
+        backend: str = "auto",
+        onnx_path: Path | None = None,
     ) -> ImageCam:
         """The class activation map of one image (a file, or a 2-D array before any fix, or
         after them with ``fixed=True``), computed at ``size`` px (512, as in the reference) and
         laid over the image the model saw. Its ``probability`` is the model's at its training
         size (what predict reports) unless ``predict_size`` says otherwise; ``.overlay()``
-        draws it."""
+        draws it. ``backend`` as for :meth:`image_probabilities`; an ONNX graph exported
+        before graphs carried CAMs falls back to torch."""
         if isinstance(image, np.ndarray):
             seen = image if fixed else self.preprocessor.fix(image)
         else:
             seen = self.preprocessor.read(image, max_pixels=max_pixels)
-        result = compute_cam(
-            self.models, self.preprocessor, seen, size, predict_size or self.preprocessor.size
-        )
+        check_cam_size(size)
+        predict_size = predict_size or self.preprocessor.size
+        graph = self._cam_graph(backend, onnx_path)
+        if graph is not None:
+            from murakit.infer.onnx import onnx_cam
+
+            result = onnx_cam(graph, self.preprocessor, seen, size, predict_size)
+        else:
+            result = compute_cam(self.models, self.preprocessor, seen, size, predict_size)
         return ImageCam(seen, result, self.classes[1])
+
+    def _cam_graph(self, backend: str, onnx_path: Path | None) -> Path | None:
+        """The ONNX graph that computes CAMs for ``backend``, or None for torch."""
+        from murakit.infer.runtime import choose_backend
+
+        if choose_backend(backend, self.source, onnx_path) != "onnx":
+            return None
+        from murakit.infer.onnx import graph_has_cam, onnx_file
+
+        graph = onnx_file(self, onnx_path)
+        return graph if graph_has_cam(graph) else None
 
     def export_onnx(
         self, path: str | Path, *, opset: int | None = None, verify: bool = True

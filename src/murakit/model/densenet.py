@@ -96,14 +96,14 @@ def feature_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def logits_and_cams(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (N,), CAMs (N, h, w)) from one forward pass, for losses on both (box-guided
-    training). The CAM is the classifier applied to each cell; in eval mode its mean is the
-    logit (dropout acts on the pooled features only in training)."""
+    """(logits (N,), CAMs (N, h, w)) from one forward pass. A CAM cell is the classifier
+    applied to that cell's features, bias included: the logit of an image made of that cell
+    alone. Global pooling is a mean and the classifier is linear, so in eval mode a CAM's mean
+    is the logit exactly (dropout acts on the pooled features only in training)."""
     net = unwrap(model)
     maps = feature_maps(net, x)
     weight, bias = classifier_params(net)
-    h, w = maps.shape[-2:]
-    cams = torch.einsum("c,nchw->nhw", weight[0], maps) + bias[0] / (h * w)
+    cams = torch.einsum("c,nchw->nhw", weight[0], maps) + bias[0]
     head = net.class_layers[1:]  # its first layer is the (in-place) ReLU the maps already had
     return head(maps)[:, 0], cams
 

@@ -313,8 +313,9 @@ def create_app(
 
     `max_files`, `max_bytes` (per file) and `max_pixels` (per image, checked from the header)
     bound what one request may cost. `backend` "onnx" runs the exported graph (see
-    :mod:`murakit.infer.onnx`), "auto" does where a current model.onnx is at hand; CAM
-    overlays always use the torch models.
+    :mod:`murakit.infer.onnx`), "auto" does where a current model.onnx is at hand, for the
+    probabilities and the CAM overlays alike (a graph exported before graphs carried CAMs
+    leaves the overlays to torch).
     """
     model = model or Model.load(Path(model_dir), device=device)
     backend = choose_backend(backend, model.source, onnx_path)
@@ -539,7 +540,16 @@ def _predict_uploads(
         )
         size = service.cam_size or CAM_SIZE
         cams = [
-            service.model.cam(img, size=size, predict_size=size, fixed=True) if cam else None
+            service.model.cam(
+                img,
+                size=size,
+                predict_size=size,
+                fixed=True,
+                backend=service.backend,
+                onnx_path=service.onnx_path,
+            )
+            if cam
+            else None
             for img in images
         ]
     results = []

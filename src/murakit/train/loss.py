@@ -39,13 +39,13 @@ def box_guidance_loss(
     """Sum over the batch of a per-cell loss that puts CAMs on the truth boxes (after Li et
     al., CVPR 2018, who combine image labels with a few boxes): every cell of a negative image
     is a negative, every cell a box touches in a positive image is a positive (a cell's CAM
-    value is its logit, times the cell count so the scale matches the image logit). Cells
-    outside the boxes of a positive image, and positive images without boxes, add nothing.
+    value is its logit, on the image logit's scale). Cells outside the boxes of a positive
+    image, and positive images without boxes, add nothing.
 
     ``cams`` (N, h, w); ``masks`` (N, 1, S, S) in [0, 1], the boxes after augmentation."""
     h, w = cams.shape[-2:]
     cells = F.adaptive_max_pool2d(masks.float(), (h, w))[:, 0] > 0.5
-    cell_logits = cams.float() * (h * w)
+    cell_logits = cams.float()
     negatives = (labels < 0.5)[:, None, None].expand_as(cells)
     positives = cells & ~negatives
     target = positives.float()
