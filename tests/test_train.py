@@ -264,15 +264,41 @@ def test_box_guidance_loss_supervises_the_right_cells():
     masks = torch.zeros(2, 1, 32, 32)
     masks[1, 0, 0:4, 0:4] = 1.0  # a box in the first cell of the positive image
     labels = torch.tensor([0.0, 1.0])
-    at_zero = box_guidance_loss(cams, labels, masks)
+    at_zero = box_guidance_loss(cams, labels, masks, torch.tensor(0.0))
     assert at_zero == pytest.approx(2 * np.log(2), rel=1e-5)  # one mean BCE per image
     better = cams.clone()
     better[0] -= 0.5  # the negative's cells go down
     better[1, 0, 0] += 0.5  # the positive's box cell goes up
-    assert box_guidance_loss(better, labels, masks) < at_zero
+    assert box_guidance_loss(better, labels, masks, torch.tensor(0.0)) < at_zero
     elsewhere = cams.clone()
     elsewhere[1, 3, 3] += 5.0  # a cell outside the box of a positive image is not supervised
-    assert box_guidance_loss(elsewhere, labels, masks) == pytest.approx(float(at_zero))
+    assert box_guidance_loss(elsewhere, labels, masks, torch.tensor(0.0)) == pytest.approx(
+        float(at_zero)
+    )
+
+
+def test_box_guidance_cell_score_is_the_cells_evidence_times_the_cell_count():
+    """h*w*(w . F_ij) + b, from the feature maps and the classifier, whatever its bias."""
+    from murakit.model.densenet import (
+        build_model,
+        classifier_params,
+        feature_maps,
+        logits_and_cams,
+    )
+    from murakit.train.loss import single_cell_logits
+
+    torch.manual_seed(0)
+    model = build_model("densenet-mini").eval()
+    with torch.no_grad():
+        model.class_layers.out.bias.fill_(0.7)
+        x = torch.randn(1, 3, 96, 96)
+        _, cams = logits_and_cams(model, x)
+        weight, bias = classifier_params(model)
+        scores = single_cell_logits(cams, bias[0])
+        maps = feature_maps(model, x)
+        for i, j in [(0, 0), (1, 2), (2, 1)]:
+            expected = 9 * float(weight[0] @ maps[0, :, i, j]) + 0.7
+            assert float(scores[0, i, j]) == pytest.approx(expected, abs=1e-4)
 
 
 def test_train_state_is_one_weights_only_checkpoint(tmp_path):

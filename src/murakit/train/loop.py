@@ -27,7 +27,7 @@ from murakit.evaluate.metrics import study_accuracy_kappa
 from murakit.evaluate.threshold import slice_threshold, split_threshold_slice, write_slice
 from murakit.infer.batched import infer_logits, make_eval_loader, sigmoid
 from murakit.infer.runtime import Runtime, make_runtime
-from murakit.model.densenet import ARCHS, build_model, logits_and_cams
+from murakit.model.densenet import ARCHS, build_model, classifier_params, logits_and_cams
 from murakit.train import distributed
 from murakit.train.callbacks import (
     METRIC_COLUMNS,
@@ -352,7 +352,8 @@ def train_step(
         with runtime.autocast():
             logits, cams = logits_and_cams(model, batch)
         loss_total = weighted_bce(logits, labels, weights)
-        loss_total = loss_total + box_loss * box_guidance_loss(cams, labels, masks)
+        bias = classifier_params(model)[1][0]
+        loss_total = loss_total + box_loss * box_guidance_loss(cams, labels, masks, bias)
     else:
         batch = runtime.batch(images)  # (augmented outside autocast: full precision)
         with runtime.autocast():

@@ -33,19 +33,30 @@ def sample_weights(
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def single_cell_logits(cams: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Per cell, the classifier's evidence in that cell times the cell count, plus the bias:
+    h*w*(w . F_ij) + b. A CAM cell (w . F_ij + b) scaled up so that one cell's evidence
+    counts as much as the whole image's pooled evidence does in the logit. The fracture-cpu
+    recipe's figures (box weight 0.1) were measured with this score."""
+    h, w = cams.shape[-2:]
+    bias = bias.float()
+    return (cams.float() - bias) * (h * w) + bias
+
+
 def box_guidance_loss(
-    cams: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+    cams: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
     """Sum over the batch of a per-cell loss that puts CAMs on the truth boxes (after Li et
     al., CVPR 2018, who combine image labels with a few boxes): every cell of a negative image
-    is a negative, every cell a box touches in a positive image is a positive (a cell's CAM
-    value is its logit, on the image logit's scale). Cells outside the boxes of a positive
-    image, and positive images without boxes, add nothing.
+    is a negative, every cell a box touches in a positive image is a positive, each scored by
+    :func:`single_cell_logits`. Cells outside the boxes of a positive image, and positive
+    images without boxes, add nothing.
 
-    ``cams`` (N, h, w); ``masks`` (N, 1, S, S) in [0, 1], the boxes after augmentation."""
+    ``cams`` (N, h, w) as :func:`murakit.model.densenet.logits_and_cams` gives them, ``bias``
+    the classifier's; ``masks`` (N, 1, S, S) in [0, 1], the boxes after augmentation."""
     h, w = cams.shape[-2:]
     cells = F.adaptive_max_pool2d(masks.float(), (h, w))[:, 0] > 0.5
-    cell_logits = cams.float()
+    cell_logits = single_cell_logits(cams, bias)
     negatives = (labels < 0.5)[:, None, None].expand_as(cells)
     positives = cells & ~negatives
     target = positives.float()
