@@ -68,7 +68,11 @@ def isa_line() -> str:
         )
         if flag in flags
     ]
-    cap = " (run capped at AVX2: oneDNN, MKL, ATen; fp32)" if capped_to_avx2() else ""
+    cap = ""
+    if capped_to_avx2():
+        cap = " (run capped at AVX2: oneDNN, MKL, ATen; fp32"
+        # MLAS picks its kernels from CPUID and has no run-time switch
+        cap += "; ONNX Runtime is not capped: AVX-512 here)" if "avx512f" in flags else ")"
     bf16 = "bf16 autocast" if cpu_supports_bf16() else "fp32"
     return (
         f"CPU {cpu_name()}, {os.cpu_count()} CPUs: {' '.join(has) or 'no AVX2'}{cap}; torch "
