@@ -1115,11 +1115,13 @@ def export(
     ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer).", min=18)] = 18,
     verify: Annotated[
-        bool, typer.Option(help="Check ONNX Runtime against PyTorch on a random batch.")
+        bool,
+        typer.Option(help="Check ONNX Runtime against PyTorch on random batches (and CAMs)."),
     ] = True,
 ) -> None:
     """The run or ensemble as one ONNX graph (members averaged), preprocessing documented in
-    a JSON file beside it."""
+    a JSON file beside it. The graph gives probabilities and CAMs at any square size;
+    predict, serve and cam then run through ONNX Runtime (--backend auto)."""
     from murakit.infer.model import Model, ModelDirError
 
     out = out or model / "model.onnx"
