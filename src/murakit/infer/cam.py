@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -137,9 +138,10 @@ class ImageCam:
     def probability(self) -> float:
         return self.result.probability
 
-    @property
+    @cached_property
     def heat(self) -> np.ndarray:
-        """(H, W) float32 map over the image, logit units; positive = evidence for positive."""
+        """(H, W) float32 map over the image, logit units; positive = evidence for positive.
+        Computed once: the overlay and the heat layer both draw it."""
         return cam_on_original(self.result.cam, self.image.shape, self.result.size)
 
     def peak(self) -> tuple[int, int]:
