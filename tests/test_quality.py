@@ -172,6 +172,32 @@ def test_metal_hardware_is_not_a_marker():
     assert not q.detect_markers(_radiograph(hardware=True)).flag
 
 
+def test_letter_cut_is_for_letter_like_candidates_only():
+    """The stroke rule's lower cut is for lead letters, not for tiny specks, solid blobs
+    (a screw head, a ring seen edge-on) or things on the image border."""
+    letter = {"stroke_rule": 0.9, "size": 0.05, "fill": 0.4, "edge_distance": 0.1}
+    assert q.letter_like(letter)
+    for change in (
+        {"stroke_rule": 0.3},
+        {"size": 0.02},
+        {"fill": 0.9},
+        {"edge_distance": 0.005},
+    ):
+        assert not q.letter_like({**letter, **change}), change
+
+
+def test_bright_metal_around_a_candidate_is_measured():
+    """A bright blob on a bright bar (a screw head on its plate) has bright pixels touching
+    and near it; the same blob alone on film has none."""
+    small = np.full((60, 60), 40, np.uint8)
+    small[20:28, 20:28] = 230
+    alone = q._bright_around(small, (20, 20, 28, 28), 0.85 * 230)
+    small[22:26, 28:50] = 220  # a plate leaving the blob to the right
+    on_plate = q._bright_around(small, (20, 20, 28, 28), 0.85 * 230)
+    assert alone == (0.0, 0.0)
+    assert on_plate[0] > 0.05 and on_plate[1] > 0.05
+
+
 def test_split_panels_gives_two_images():
     img = _radiograph(two_fields=True)
     found = q.detect_panels(img)

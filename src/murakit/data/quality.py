@@ -477,6 +477,8 @@ MARKER_FEATURES = (
     "gap",
     "image_median",
     "stroke_rule",
+    "bright_touching",
+    "bright_nearby",
 )
 """What :func:`marker_features` measures, in the order the learned weights expect."""
 
@@ -602,6 +604,7 @@ def marker_features(
     inside = small[y0:y1, x0:x1]
     level_p90 = _quantile(values, 0.9)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    touching, nearby = _bright_around(small, box, 0.85 * float(np.percentile(inside, 90)))
     return {
         "size": max(bw, bh) / side,
         "thickness": min(bw, bh) / side,
@@ -623,7 +626,26 @@ def marker_features(
         "dark_inside": float(np.mean(inside < _quantile(values, 0.5) - 60)),
         "gap": gap / side,
         "image_median": median,
+        "bright_touching": touching,
+        "bright_nearby": nearby,
     }
+
+
+def _bright_around(small: np.ndarray, box: Box, level: float) -> tuple[float, float]:
+    """Shares of the 1 px ring just outside a box and of a window around it (the box's
+    longer side on every side, the box left out) at least `level` bright: a screw head
+    on its plate or nail, or a bead of a bracelet, has metal as bright as itself touching
+    or near it; a lead letter lies on film."""
+    h, w = small.shape
+    x0, y0, x1, y1 = box
+    shares = []
+    for grow in (1, max(x1 - x0, y1 - y0)):
+        ya, yb, xa, xb = max(0, y0 - grow), min(h, y1 + grow), max(0, x0 - grow), min(w, x1 + grow)
+        around = np.ones((yb - ya, xb - xa), bool)
+        around[y0 - ya : y1 - ya, x0 - xa : x1 - xa] = False
+        values = small[ya:yb, xa:xb][around]
+        shares.append(float(np.mean(values >= level)) if values.size else 0.0)
+    return shares[0], shares[1]
 
 
 def raw_marker_candidates(img: np.ndarray) -> tuple[list, int]:
@@ -674,6 +696,33 @@ def raw_marker_candidates(img: np.ndarray) -> tuple[list, int]:
         if mask.sum() >= 3:
             add(box, mask, 0)
     return found, factor
+
+
+LETTER_MIN_SIZE = 0.028
+"""Smallest longer side (share of the image's longer side) of a candidate that may pass at
+the stroke rule's lower cut: lead letters are larger than screw heads, press studs and
+specks (about 10 px of a 400 px image)."""
+
+LETTER_MAX_FILL = 0.7
+"""Largest share of its box a candidate passing at the lower cut may fill: letters are
+strokes; a solid blob (a ring seen edge-on, a screw head) fills its box."""
+
+LETTER_MIN_EDGE = 0.02
+"""Least distance of its centre from the image border (share of the longer side) for the
+lower cut: what sits on the very border or in a corner is mostly a cassette bracket."""
+
+
+def letter_like(f: dict[str, float]) -> bool:
+    """Whether a candidate is judged at the lower cut of the learned model
+    (``rule_threshold``): the hand-set stroke rule likes it (a thin lead letter, which
+    the real labels, boxing letters with their typed labels, teach the model to score
+    low) and it is neither tiny, solid nor on the border."""
+    return (
+        f["stroke_rule"] >= 0.5
+        and f["size"] >= LETTER_MIN_SIZE
+        and f["fill"] <= LETTER_MAX_FILL
+        and f["edge_distance"] >= LETTER_MIN_EDGE
+    )
 
 
 _FORESTS: dict[int, tuple[np.ndarray, ...]] = {}
@@ -768,7 +817,7 @@ def detect_markers(img: np.ndarray, *, inverted: bool | None = None) -> Markers:
     kept: list[Box] = []
     best = 0.0
     for box, features, score in sorted(candidates, key=lambda c: -c[2]):
-        cut = model["rule_threshold"] if features["stroke_rule"] >= 0.5 else model["threshold"]
+        cut = model["rule_threshold"] if letter_like(features) else model["threshold"]
         # the model's probability, mapped so that this candidate's cut lands at 0.5
         shown = 0.5 * score / cut if score < cut else 0.5 + 0.5 * (score - cut) / (1 - cut)
         best = max(best, shown)
