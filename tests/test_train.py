@@ -184,7 +184,8 @@ def _train_process(root: Path, out: Path, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=dict(os.environ, COLUMNS="200"),
+        # fixed threads: the runs are compared number for number, whatever else loads the cores
+        env=dict(os.environ, COLUMNS="200", MURAKIT_ADAPTIVE_THREADS="0"),
     )
 
 
