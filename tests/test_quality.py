@@ -451,7 +451,7 @@ def test_real_hardware_is_not_boxed_as_a_marker(shared_fracatlas):
 def test_real_composites_flagged_bilateral_single_exposures_not(shared_fracatlas):
     """Of 15 labelled composites (separate exposures side by side) and 15 single exposures
     of both limbs, most composites and a minority of the single exposures are flagged
-    (12 and 5 today; the detector before the seam features found 5 and 1: single
+    (12 and 3 today; the detector before the seam features found 5 and 1: single
     exposures of both limbs are its weak side now, see the README)."""
     rows = [r for r in _labels() if r["split"] == "test" and r["multiscan"] == "1"]
     composites = [r for r in rows if r["composite"] == "1"][:15]
