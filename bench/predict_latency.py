@@ -111,6 +111,23 @@ def make_study(folder: Path, n: int = 3) -> list[Path]:
     return paths
 
 
+def batched_rates(loaded, paths: list[Path], onnx_path: Path, n: int) -> dict[str, float]:
+    """Images per second through Model.image_probabilities, n decoded images (the study's,
+    repeated) in batches of 16, per backend: best of 3 runs after one warm-up."""
+    images = [loaded.preprocessor.read(p) for p in paths]
+    images = (images * (n // len(images) + 1))[:n]
+    rates = {}
+    for name, backend in (("torch", "torch"), ("onnxruntime", "onnx")):
+        loaded.image_probabilities(images[:16], backend=backend, onnx_path=onnx_path)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            loaded.image_probabilities(images, backend=backend, onnx_path=onnx_path)
+            times.append(time.perf_counter() - start)
+        rates[name] = n / min(times)
+    return rates
+
+
 def interleaved(paths: dict[str, tuple[Callable[[], object], int]], warmup: int) -> dict:
     """Seconds per call of each path, the paths taking turns rep by rep, so that a load change
     on a shared machine hits all of them alike instead of whichever ran at the time."""
@@ -150,11 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--cam-reps", type=int, default=5, help="HTTP with CAM (slow); 0 = skip")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-images", type=int, default=64, help="batched phase")
     parser.add_argument("--quick", action="store_true", help="5 reps, 1 warm-up, 2 with CAM")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.reps, args.warmup, args.cam_reps = 5, 1, 2
+        args.reps, args.warmup, args.cam_reps, args.batch_images = 5, 1, 2, 32
 
     from dataclasses import replace
 
@@ -239,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             times = interleaved(paths, args.warmup)
             rows = [summary(k, v) for k, v in times.items()]
+        batched = batched_rates(loaded, studies[0].paths, onnx_path, args.batch_images)
         # peak RSS of a fresh process loading the model and predicting the study, per backend
         study_dir = studies[0].paths[0].parent
         rss = {b: fresh_peak_rss(model_dir, study_dir, b, onnx_path) for b in ("torch", "onnx")}
@@ -282,6 +301,16 @@ def main(argv: list[str] | None = None) -> int:
             diff = float(np.max(np.abs(probs - base)))
             verdict = "agree" if diff <= AGREE else "DISAGREE"
             print(f"study probability, {name} vs torch fp32: max |diff| {diff:.2e} ({verdict})")
+    print(
+        f"\nbatched predict, {args.batch_images} images in batches of 16 (decoded; the "
+        "network part of `murakit predict` on many studies and of `evaluate`), best of 3:"
+    )
+    gflop = DENSENET169_FWD_GFLOP * (loaded.config.size / 224) ** 2 * len(loaded.models)
+    for backend, rate in batched.items():
+        print(
+            f"  {backend:12s} {rate:7.1f} img/s = {rate * gflop:5.0f} GFLOP/s = "
+            f"{rate * gflop / peak['fp32']:.0%} of the fp32 roofline (target 70%)"
+        )
     p50 = {r["path"]: r["p50_ms"] for r in rows}
     print(
         f"\nonnx / torch p50: {p50[onnx_name] / p50[torch_auto]:.2f} vs the auto runtime, "
