@@ -156,3 +156,34 @@ class _FirstOutput(torch.nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.ensemble(image)[0]
+
+
+def test_web_app_draws_cams_through_the_exported_graph(loaded, exported, real_batch, monkeypatch):
+    """A server on the onnx backend runs its CAMs through the graph too (one graph call per
+    image), and returns the probabilities torch gives."""
+    import httpx
+
+    import murakit.infer.onnx as onnx_module
+    from murakit.serve.app import create_app, running_server
+
+    calls = []
+    real_onnx_cam = onnx_module.onnx_cam
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real_onnx_cam(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_module, "onnx_cam", counting)
+    record = real_batch[0]
+    app = create_app(loaded.source, model=loaded, backend="onnx", onnx_path=exported, cam_size=128)
+    with running_server(app) as url, httpx.Client(base_url=url, timeout=120) as client:
+        files = [("files", (record.path.name, record.path.read_bytes(), "image/png"))]
+        response = client.post("/api/predict", files=files, data={"cam": "true"})
+    assert response.status_code == 200, response.text
+    image = response.json()["images"][0]
+    assert image["cam_png_base64"] and image["heat_png_base64"]
+    assert calls == [exported]
+    expected = loaded.image_probabilities([loaded.preprocessor.read(record.path)], backend="torch")[
+        0
+    ]
+    assert image["probability"] == pytest.approx(expected, abs=TOL)
