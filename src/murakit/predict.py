@@ -90,7 +90,7 @@ def predict_studies(
                         Path(cam_dir),
                         taken,
                         max_pixels,
-                        backend,
+                        result.backend,  # as resolved for the predictions, once
                         onnx_path,
                     )
                 )

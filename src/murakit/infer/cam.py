@@ -6,12 +6,13 @@ final norm and ReLU and (w, b) the classifier's weight and bias::
 
     cam[i, j] = sum_c w_c * F_c[i, j] + b
 
-Each cell is the logit of an image made of that cell alone, so the CAM is in logit units and
-its spatial mean is *exactly* the network's logit at that size (global average pooling is a
-mean, and the classifier is linear). Positive cells are evidence for "abnormal", negative ones
-for "normal". An ensemble's CAM is the mean of its members' maps, and its mean is the mean
-logit. (Before 2 December 2026 the bias was divided by the cell count, which shifted every
-map by nearly -b and broke that identity for trained models; untrained ones have b = 0.)
+Each cell is the logit of an image whose every cell looked like it, so the CAM is in logit
+units and its spatial mean is *exactly* the network's logit at that size (global average
+pooling is a mean, and the classifier is linear). Positive cells are evidence for
+"abnormal", negative ones for "normal". An ensemble's CAM is the mean of its members' maps,
+and its mean is the mean logit. (Before 2 December 2026 the bias was divided by the cell
+count, which shifted every map by nearly -b and broke that identity for trained models;
+untrained ones have b = 0.)
 
 Models trained at 224 px (or 96 px in the tests) are run at 512 for the map, as in the
 reference: the network is fully convolutional up to the global pooling. Their probability at

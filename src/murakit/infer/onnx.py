@@ -165,8 +165,8 @@ def export_onnx(
             "dtype": "float32",
             "shape": ["N", "ceil(S/32)", "ceil(S/32)"],
             "meaning": "class activation map in logit units, mean over members: per cell, the "
-            "classifier applied to the last feature maps, its bias spread over the cells, so "
-            "its mean is the mean logit at S; positive cells are evidence for abnormal",
+            "classifier (weights and bias) applied to that cell's last feature maps, so its "
+            "mean is the mean logit at S; positive cells are evidence for abnormal",
         },
     }
     if verify:

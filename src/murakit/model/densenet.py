@@ -97,9 +97,9 @@ def feature_maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def logits_and_cams(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N,), CAMs (N, h, w)) from one forward pass. A CAM cell is the classifier
-    applied to that cell's features, bias included: the logit of an image made of that cell
-    alone. Global pooling is a mean and the classifier is linear, so in eval mode a CAM's mean
-    is the logit exactly (dropout acts on the pooled features only in training)."""
+    applied to that cell's features, bias included: the logit of an image whose every cell
+    looked like it. Global pooling is a mean and the classifier is linear, so in eval mode a
+    CAM's mean is the logit exactly (dropout acts on the pooled features only in training)."""
     net = unwrap(model)
     maps = feature_maps(net, x)
     weight, bias = classifier_params(net)
