@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from murakit.infer.cam import (
     compute_cam,
     heat_rgba,
     overlay,
+    overlay_name,
     save_overlay,
 )
 from murakit.infer.preprocess import Preprocessor
@@ -196,6 +198,22 @@ def test_heat_colour_map_is_perceptually_ordered():
 
 
 # ------------------------------------------------------------------------------ folders
+
+
+def test_overlay_names_are_safe_and_unique():
+    taken: set[str] = set()
+    names = [
+        overlay_name("patient 1/study:2", Path("x/image 1.png"), taken),
+        overlay_name("patient 1/study:2", Path("y/image 1.png"), taken),  # same name, other folder
+        overlay_name("", Path("loose.jpg"), taken),
+        overlay_name("s", Path("???.png"), taken),
+    ]
+    assert names == [
+        "patient_1_study_2__image_1.png",
+        "patient_1_study_2__image_1-2.png",
+        "loose.png",
+        "s___.png",
+    ]
 
 
 def test_cam_paths_on_a_study_folder(trained_run, synth_root, tmp_path):

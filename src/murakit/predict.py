@@ -110,13 +110,9 @@ def _write_cam(
 ) -> Path:
     """The overlay of one image, captioned with the probability the prediction reports (the
     CAM pass runs once per member at 512 px; no second pass at the training size)."""
-    from murakit.infer.cam import CAM_SIZE, save_overlay
+    from murakit.infer.cam import CAM_SIZE, overlay_name, save_overlay
 
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{study}__{path.stem}").strip("_") or "image"
-    name, k = f"{safe}.png", 2
-    while name in taken:
-        name, k = f"{safe}-{k}.png", k + 1
-    taken.add(name)
+    name = overlay_name(study, path, taken)
     cam_dir.mkdir(parents=True, exist_ok=True)
     cam = model.cam(
         path,

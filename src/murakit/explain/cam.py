@@ -6,27 +6,16 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from murakit.data.imageio import BadImageError
 from murakit.fsutil import atomic_write_text
-from murakit.infer.cam import CAM_SIZE, save_overlay
+from murakit.infer.cam import CAM_SIZE, overlay_name, save_overlay
 from murakit.infer.model import Model
 from murakit.infer.studies import collect_studies
 
 CSV_COLUMNS = ("image", "study", "probability", "cam_png", "error")
-
-
-def _png_name(study: str, image: Path, taken: set[str]) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", image.stem) or "image"
-    base = f"{re.sub(r'[^A-Za-z0-9._-]+', '_', study)}__{stem}" if study else stem
-    name, k = f"{base}.png", 2
-    while name in taken:
-        name, k = f"{base}-{k}.png", k + 1
-    taken.add(name)
-    return name
 
 
 def cam_paths(
@@ -61,7 +50,7 @@ def cam_paths(
             except BadImageError as err:
                 row["error"] = err.problem
             else:
-                name = _png_name(study.study, path, taken)
+                name = overlay_name(study.study, path, taken)
                 drawn = (boxes or {}).get(str(Path(path).resolve()), ())
                 save_overlay(out_dir / name, cam.overlay(f"{study.study}/{path.name}", drawn))
                 row.update(probability=round(cam.probability, 6), cam_png=name)

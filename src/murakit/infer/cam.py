@@ -23,6 +23,7 @@ reference: the network is fully convolutional up to the global pooling. Their pr
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -273,6 +274,18 @@ def _with_caption(picture: Image.Image, head: str, tail: str) -> Image.Image:
         text = f"{head}   ...{tail}"
     draw.text((pad, h + bar / 2), text, fill=(255, 255, 255), font=font, anchor="lm")
     return canvas
+
+
+def overlay_name(study: str, image: Path, taken: set[str]) -> str:
+    """A file name for an image's overlay, ``<study>__<image stem>.png``, safe on every file
+    system and unique within ``taken`` (two studies may hold images of the same name)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(image).stem) or "image"
+    base = f"{re.sub(r'[^A-Za-z0-9._-]+', '_', study)}__{stem}" if study else stem
+    name, k = f"{base}.png", 2
+    while name in taken:
+        name, k = f"{base}-{k}.png", k + 1
+    taken.add(name)
+    return name
 
 
 def save_overlay(path: Path, picture: Image.Image) -> Path:
