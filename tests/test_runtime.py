@@ -101,3 +101,22 @@ def test_training_runs_at_full_threads_unless_asked(monkeypatch):
         assert polls == [1, 2]
     finally:
         torch.set_num_threads(before)
+
+
+def test_fixed_training_threads_say_once_when_a_core_is_taken(monkeypatch):
+    before = torch.get_num_threads()
+    governor = rt.ThreadGovernor(max_threads=2, interval=0.0)
+    readings = iter([2, 1, 1, 2, 1, 1, 1, 1, 1])  # threads the free cores would allow
+    monkeypatch.setattr(governor, "_wanted_threads", lambda: next(readings))
+    heard = []
+    governor.on_slowed = heard.append
+    try:
+        for _ in range(6):  # a reading that allows both threads restarts the count
+            governor.on_batch(training=True)
+        assert heard == []
+        for _ in range(3):
+            governor.on_batch(training=True)
+        assert len(heard) == 1 and governor.on_slowed is None  # said once, then quiet
+        assert governor.threads == 2 and torch.get_num_threads() == 2  # still fixed
+    finally:
+        torch.set_num_threads(before)

@@ -48,6 +48,13 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert torch.allclose(tensor.float(), weights_b[name].float(), atol=1e-5), name
 
 
+@pytest.fixture(autouse=True)
+def fixed_threads(monkeypatch):
+    """These runs must reproduce number for number and line for line: the load other
+    processes put on the test machine stays out (no thread adapting, no load message)."""
+    monkeypatch.setenv("MURAKIT_ADAPTIVE_THREADS", "0")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(synth_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train") / "straight"
@@ -185,7 +192,7 @@ def _train_process(root: Path, out: Path, *extra: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         # fixed threads: the runs are compared number for number, whatever else loads the cores
-        env=dict(os.environ, COLUMNS="200", MURAKIT_ADAPTIVE_THREADS="0"),
+        env=dict(os.environ, COLUMNS="200"),
     )
 
 
@@ -224,6 +231,28 @@ def test_interrupted_process_resumes_to_the_same_result(synth_root, uninterrupte
     assert resumed.returncode == 0, output
     assert "resuming" in output
     assert_same_run(out, uninterrupted)
+
+
+def test_training_says_why_it_crawls_when_a_core_is_taken(synth_root, tmp_path, monkeypatch):
+    """Fixed training threads stay fixed under load, and the run says so once, with the way
+    out (the load reading itself is tested in test_runtime)."""
+    from murakit.infer import runtime as rt
+
+    monkeypatch.delenv("MURAKIT_ADAPTIVE_THREADS")
+    monkeypatch.setattr(rt, "_START_THREADS", 2)
+    monkeypatch.setattr(rt.ThreadGovernor, "_wanted_threads", lambda self: 1)  # a core taken
+
+    class Messages(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_log(self, message, warning=False):
+            self.seen.append((message, warning))
+
+    messages = Messages()
+    train_run(tiny_config(synth_root, epochs=1), tmp_path / "run", callbacks=[messages])
+    slowed = [m for m, warning in messages.seen if warning and m.startswith("slowed: ")]
+    assert len(slowed) == 1 and "MURAKIT_ADAPTIVE_THREADS=1" in slowed[0]
 
 
 def test_weighted_bce_balances_each_part(synth_root):

@@ -9,7 +9,7 @@ import ctypes.util
 import math
 import os
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,12 +81,20 @@ class ThreadGovernor:
     its machine's load is no longer bit-identical to the same run elsewhere (nor resumes to
     the same result). By default (``train`` False) a runtime adapts only while it infers:
     from its first training batch on, it runs at ``max_threads`` for good, as before.
-    MURAKIT_ADAPTIVE_THREADS=1 adapts training too; =0 never adapts."""
+    MURAKIT_ADAPTIVE_THREADS=1 adapts training too; =0 never adapts.
+
+    While fixed threads train, it still reads the load: after ``SLOWED_READINGS`` readings in
+    a row that would have cost a thread, it calls ``on_slowed(cores_taken)`` once, so the
+    trainer can say why the epoch crawls and how to let it adapt."""
+
+    SLOWED_READINGS = 3
 
     def __init__(self, max_threads: int, interval: float = 1.0, train: bool = False) -> None:
         self.max_threads = max_threads
         self.train = train
         self.training_seen = False
+        self.on_slowed: Callable[[float], None] | None = None
+        self._slowed_run = 0
         self.interval = interval
         self.threads = max_threads
         self.changes = 0
@@ -95,6 +103,7 @@ class ThreadGovernor:
         self._last: tuple[float, float, float] | None = None
         self._children: dict[str, float] = {}
         self._children_total = 0.0
+        self._others = 0.0  # cores other processes used at the last reading
 
     @staticmethod
     def available() -> bool:
@@ -137,30 +146,50 @@ class ThreadGovernor:
             if self.threads != self.max_threads:
                 torch.set_num_threads(self.max_threads)
                 self.threads = self.max_threads
+            self._watch_fixed()
         if not self.training_seen:
             self.poll()
 
     def poll(self) -> int:
         """The thread count for the next step (set in torch when it changes)."""
+        want = self._wanted_threads()
+        if want is not None and want != self.threads:
+            torch.set_num_threads(want)
+            self.threads = want
+            self.changes += 1
+        return self.threads
+
+    def _watch_fixed(self) -> None:
+        """Fixed-thread training: count readings in a row that would have cost a thread."""
+        if self.on_slowed is None:
+            return
+        want = self._wanted_threads()
+        if want is None:
+            return
+        self._slowed_run = self._slowed_run + 1 if want < self.max_threads else 0
+        if self._slowed_run == self.SLOWED_READINGS:
+            self.on_slowed(self._others)
+            self.on_slowed = None  # once per run
+
+    def _wanted_threads(self) -> int | None:
+        """The threads the cores left free allow, from the load since the last reading (None:
+        read less than ``interval`` ago, the first reading, or /proc unreadable)."""
         now = time.monotonic()
         if self._last is not None and now - self._last[0] < self.interval:
-            return self.threads
+            return None
         try:
             busy, own = self._busy_seconds(), self._own_seconds()
         except (OSError, ValueError, IndexError):
-            return self.threads
+            return None
+        want = None
         if self._last is not None:
             wall = now - self._last[0]
-            others = max(0.0, (busy - self._last[1]) - (own - self._last[2])) / wall
+            self._others = max(0.0, (busy - self._last[1]) - (own - self._last[2])) / wall
             # a core counts as taken from a quarter of a core's use on: spinning OpenMP threads
             # hold on to their cores, so other work shows up smaller than it is
-            want = max(1, min(self.max_threads, self._cpus - math.ceil(others - 0.25)))
-            if want != self.threads:
-                torch.set_num_threads(want)
-                self.threads = want
-                self.changes += 1
+            want = max(1, min(self.max_threads, self._cpus - math.ceil(self._others - 0.25)))
         self._last = (now, busy, own)
-        return self.threads
+        return want
 
 
 def adaptive_threads_setting() -> str:

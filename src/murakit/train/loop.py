@@ -10,11 +10,13 @@ stop), each written atomically. Progress and messages go to callbacks
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +158,8 @@ def train_run(
         config.channels_last,
     )
     state = _initial_state(config, runtime, out, resume)
+    if runtime.threads is not None and not runtime.threads.train:
+        runtime.threads.on_slowed = partial(_say_threads_are_fixed, events, runtime.threads)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / "config.json")
@@ -202,6 +206,18 @@ def train_run(
     events.on_train_end(result)
     distributed.shutdown(ctx)
     return result
+
+
+def _say_threads_are_fixed(events: CallbackList, governor, cores_taken: float) -> None:
+    """Why an epoch crawls on a shared machine, and the way out (said once per run)."""
+    events.on_log(
+        f"slowed: other processes are using about {cores_taken:.1f} of this machine's "
+        f"{os.cpu_count()} cores; training keeps its {governor.max_threads} threads, which wait "
+        "for each other at every layer, so it may run several times slower while they run. "
+        "MURAKIT_ADAPTIVE_THREADS=1 follows the cores left free instead (the run then no "
+        "longer reproduces bit for bit).",
+        warning=True,
+    )
 
 
 def _initial_state(config: TrainConfig, runtime: Runtime, out: Path, resume: bool) -> TrainState:
