@@ -111,6 +111,7 @@ def test_fixed_training_threads_say_once_when_a_core_is_taken(monkeypatch):
     heard = []
     governor.on_slowed = heard.append
     try:
+        torch.set_num_threads(2)
         for _ in range(6):  # a reading that allows both threads restarts the count
             governor.on_batch(training=True)
         assert heard == []
