@@ -48,11 +48,19 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert torch.allclose(tensor.float(), weights_b[name].float(), atol=1e-5), name
 
 
-@pytest.fixture(autouse=True)
-def fixed_threads(monkeypatch):
-    """These runs must reproduce number for number and line for line: the load other
-    processes put on the test machine stays out (no thread adapting, no load message)."""
-    monkeypatch.setenv("MURAKIT_ADAPTIVE_THREADS", "0")
+@pytest.fixture(scope="module", autouse=True)
+def one_fixed_thread():
+    """These runs are compared number for number and line for line, in this process and in
+    training subprocesses: all of them run on one fixed thread (the sums then do not depend on
+    how many cores a machine has, and a run does not crawl when other processes take a core, as
+    two threads waiting for each other do), with no thread adapting and no load message."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MURAKIT_ADAPTIVE_THREADS", "0")
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +199,7 @@ def _train_process(root: Path, out: Path, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        # fixed threads: the runs are compared number for number, whatever else loads the cores
-        env=dict(os.environ, COLUMNS="200"),
+        env=dict(os.environ, COLUMNS="200"),  # one fixed thread: see one_fixed_thread
     )
 
 
@@ -249,8 +256,11 @@ def test_training_says_why_it_crawls_when_a_core_is_taken(synth_root, tmp_path, 
         def on_log(self, message, warning=False):
             self.seen.append((message, warning))
 
-    messages = Messages()
-    train_run(tiny_config(synth_root, epochs=1), tmp_path / "run", callbacks=[messages])
+    messages, threads = Messages(), torch.get_num_threads()
+    try:
+        train_run(tiny_config(synth_root, epochs=1), tmp_path / "run", callbacks=[messages])
+    finally:
+        torch.set_num_threads(threads)  # the governor trained at 2
     slowed = [m for m, warning in messages.seen if warning and m.startswith("slowed: ")]
     assert len(slowed) == 1 and "MURAKIT_ADAPTIVE_THREADS=1" in slowed[0]
 
