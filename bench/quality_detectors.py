@@ -14,6 +14,10 @@ intervals and each set's prevalence; ``--split`` picks the test half (default), 
 half or all:
 
     python bench/quality_detectors.py --real [--split test] [--fracatlas ../shared/FracAtlas]
+
+``--drawn-markers`` adds a figure on lead markers drawn onto those real images (bold L / R
+letters, words, framed or cut-off markers, some on inverted images; see
+``quality_real.draw_markers``): the closest stand-in for other hospitals' lead letters.
 """
 
 from __future__ import annotations
@@ -168,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variants", type=int, default=2, help="canvas cases per image for inversion"
     )
+    parser.add_argument(
+        "--drawn-markers",
+        action="store_true",
+        help="with --real: also score lead markers drawn onto the images",
+    )
     args = parser.parse_args(argv)
     if args.real:
         return main_real(args)
@@ -206,6 +215,8 @@ def main_real(args: argparse.Namespace) -> int:
     ]
     res = quality_real.evaluate_real(items, args.variants)
     quality_real.report_real(res, args.split)
+    if args.drawn_markers:
+        quality_real.report_drawn(quality_real.evaluate_drawn(items), args.split)
     return 0
 
 

@@ -277,3 +277,229 @@ def report_real(res: dict, split: str) -> None:
     print("\ninverted by canvas:")
     for kind, (tp, fp, fn, n) in res["inverted_by_kind"].items():
         print(f"  {kind:<8} n={n:<4} TP={tp:<4} FP={fp:<4} FN={fn:<4}")
+
+
+# ---------------------------------------------------------------- drawn lead markers
+
+DRAWN_TEXTS = (
+    ("L", 6),
+    ("R", 6),
+    ("LT", 2),
+    ("RT", 2),
+    ("LEFT", 1),
+    ("RIGHT", 1),
+    ("PORTABLE", 1),
+    ("AP", 1),
+    ("LAT", 1),
+    ("PA", 1),
+)
+"""What a drawn lead marker says, with its relative frequency (plain L / R letters most)."""
+
+DRAWN_FONTS = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Bold.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSansCondensed-Bold.ttf",
+)
+"""Bold sans fonts tried, in order; PIL's built-in font when none is installed."""
+
+DRAWN_INVERTED_SHARE = 0.15
+
+
+def _font(size: int, choice: int):
+    from PIL import ImageFont
+
+    fonts = [f for f in DRAWN_FONTS if Path(f).exists()]
+    if fonts:
+        return ImageFont.truetype(fonts[choice % len(fonts)], size)
+    return ImageFont.load_default(size)
+
+
+def _marker_alpha(
+    rng: np.random.Generator, height: float, side: int, boxed_share: float = 0.2
+) -> tuple[np.ndarray, str]:
+    """The coverage (0..1) of one lead marker, letters `height` px tall, and its kind
+    (letter, word or boxed): bold sans text, sometimes framed, slightly rotated, blurred,
+    at most 15% of the image side `side` long."""
+    from PIL import Image, ImageDraw
+
+    texts, weights = zip(*DRAWN_TEXTS, strict=True)
+    text = texts[int(rng.choice(len(texts), p=np.array(weights) / sum(weights)))]
+    boxed = bool(rng.random() < boxed_share)
+    font_choice = int(rng.integers(len(DRAWN_FONTS)))
+    size = max(8, round(height * 1.35))  # a capital is about 0.73 of the em
+    while True:
+        font = _font(size, font_choice)
+        x0, y0, x1, y1 = font.getbbox(text)
+        if max(x1 - x0, y1 - y0) <= 0.15 * side or size <= 8:
+            break
+        size -= 1
+    pad = max(2, round(0.25 * (y1 - y0))) if boxed else 2
+    scale = 4  # drawn large, shrunk: anti-aliased strokes
+    font = _font(size * scale, font_choice)
+    x0, y0, x1, y1 = font.getbbox(text)
+    w, h = x1 - x0 + 2 * pad * scale, y1 - y0 + 2 * pad * scale
+    canvas = Image.new("L", (w + 8 * scale, h + 8 * scale), 0)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4 * scale + pad * scale - x0, 4 * scale + pad * scale - y0), text, 255, font=font)
+    if boxed:
+        stroke = max(scale, round(0.12 * (y1 - y0)))
+        draw.rectangle(
+            (4 * scale, 4 * scale, 4 * scale + w, 4 * scale + h), outline=255, width=stroke
+        )
+    angle = float(np.clip(rng.normal(0, 4), -12, 12))
+    canvas = canvas.rotate(angle, resample=Image.BILINEAR, expand=True)
+    canvas = canvas.resize(
+        (max(1, canvas.width // scale), max(1, canvas.height // scale)), Image.BOX
+    )
+    alpha = ndimage.gaussian_filter(
+        np.asarray(canvas, np.float64) / 255, float(rng.uniform(0.3, 0.9))
+    )
+    ys, xs = np.nonzero(alpha > 0.02)
+    alpha = alpha[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    kind = "boxed" if boxed else ("letter" if len(text) == 1 else "word")
+    return np.clip(alpha, 0, 1), kind
+
+
+def draw_markers(
+    img: np.ndarray,
+    image_id: str,
+    salt: str,
+    avoid: list[Box] | None = None,
+    cut_share: float = 0.15,
+    boxed_share: float = 0.2,
+    background_share: float = 0.7,
+) -> tuple[np.ndarray, list[Box], list[str], bool]:
+    """Lead markers drawn onto a real upright radiograph, deterministically per image and
+    `salt`: (pixels, marker boxes, kinds, inverted?). One or two markers (bold L / R,
+    LT / RT, words; a share `boxed_share` framed), letters 2-5% of the image's longer
+    side tall, mostly upright; a share `background_share` kept to the image's dark
+    background, the rest anywhere; a share `cut_share` cut off at the image border (kind
+    ``cut``); rendered as lead shows on film: near-white, slightly blurred, with the
+    image's own noise, sometimes a dark halo. A share (DRAWN_INVERTED_SHARE) is returned
+    inverted, their markers dark. Boxes are the visible part, in image pixels, clear of
+    the boxes in `avoid` (the labelled markers)."""
+    rng = _rng(image_id, salt)
+    work = img.astype(np.float64)
+    h, w = work.shape
+    side = max(h, w)
+    fine = work - ndimage.gaussian_filter(work, 1.0)
+    noise = float(np.clip(np.std(fine), 1.0, 8.0))
+    background = ndimage.uniform_filter(work, size=max(3, side // 20))
+    dark = background <= np.percentile(background, 35)
+    taken = list(avoid or [])
+    boxes, kinds = [], []
+    for _ in range(1 if rng.random() < 0.7 else 2):
+        height = float(rng.uniform(0.02, 0.05)) * side
+        alpha, kind = _marker_alpha(rng, height, side, boxed_share)
+        ah, aw = alpha.shape
+        if ah >= h - 4 or aw >= w - 4:
+            continue
+        cut = bool(rng.random() < cut_share)
+        for _ in range(40):
+            if cut:  # a quarter to a half of it off one border
+                off = float(rng.uniform(0.25, 0.5))
+                edge = int(rng.integers(4))
+                x = int(rng.integers(0, w - aw))
+                y = int(rng.integers(0, h - ah))
+                if edge == 0:
+                    x = -int(off * aw)
+                elif edge == 1:
+                    x = w - aw + int(off * aw)
+                elif edge == 2:
+                    y = -int(off * ah)
+                else:
+                    y = h - ah + int(off * ah)
+            else:
+                x = int(rng.integers(2, w - aw - 1))
+                y = int(rng.integers(2, h - ah - 1))
+            ya, yb, xa, xb = max(0, y), min(h, y + ah), max(0, x), min(w, x + aw)
+            box = (xa, ya, xb, yb)
+            on_background = dark[ya:yb, xa:xb].mean() >= 0.8
+            if rng.random() < background_share and not on_background:
+                continue
+            grown = (xa - 4, ya - 4, xb + 4, yb + 4)
+            if any(
+                min(grown[2], t[2]) > max(grown[0], t[0])
+                and min(grown[3], t[3]) > max(grown[1], t[1])
+                for t in taken
+            ):
+                continue
+            break
+        else:
+            continue
+        a = alpha[ya - y : yb - y, xa - x : xb - x]
+        ys, xs = np.nonzero(a > 0.25)
+        if len(ys) < 6:
+            continue
+        patch = work[ya:yb, xa:xb]
+        lead = float(rng.uniform(215, 252))
+        if rng.random() < 0.25:  # edge enhancement: a dark halo around the lead
+            halo = np.clip(ndimage.gaussian_filter(a, 2.0) * 1.6 - a, 0, 1)
+            patch = patch - halo * float(rng.uniform(15, 40))
+        patch = patch * (1 - a) + lead * a + a * rng.normal(0, noise, a.shape)
+        work[ya:yb, xa:xb] = patch
+        box = (
+            xa + int(xs.min()),
+            ya + int(ys.min()),
+            xa + int(xs.max()) + 1,
+            ya + int(ys.max()) + 1,
+        )
+        boxes.append(box)
+        kinds.append("cut" if cut else kind)
+        taken.append(box)
+    pixels = np.clip(np.round(work), 0, 255).astype(np.uint8)
+    inverted = bool(rng.random() < DRAWN_INVERTED_SHARE)
+    return (255 - pixels if inverted else pixels), boxes, kinds, inverted
+
+
+DRAWN_EVAL_SALT = "drawn-eval"
+"""The draws of the drawn-marker benchmark (training draws use other salts)."""
+
+
+def evaluate_drawn(items: list[Labelled], salt: str = DRAWN_EVAL_SALT) -> dict:
+    """Lead markers drawn onto the images (:func:`draw_markers`; a share inverted), scored
+    by detect_markers with the benchmark's matching rule: recall of the drawn markers
+    (overall and by kind) and precision of all predicted boxes against the drawn and the
+    labelled markers together."""
+    from murakit.data.quality import detect_markers
+
+    by_kind: dict[str, list[int]] = {}
+    found = n_drawn = tp_all = n_pred = 0
+    for item in items:
+        if item.markers is None:
+            continue
+        img = read_grayscale(item.path)
+        pixels, drawn, kinds, inverted = draw_markers(img, item.image_id, salt, item.markers)
+        boxes = list(detect_markers(pixels).boxes)
+        hit, _ = match_boxes(drawn, boxes)
+        found, n_drawn = found + hit, n_drawn + len(drawn)
+        matched, _ = match_boxes(drawn + item.markers, boxes)
+        tp_all, n_pred = tp_all + matched, n_pred + len(boxes)
+        for box, kind in zip(drawn, kinds, strict=True):
+            for name in (kind, "inverted") if inverted else (kind,):
+                counts = by_kind.setdefault(name, [0, 0])
+                counts[0] += match_boxes([box], boxes)[0]
+                counts[1] += 1
+    return {
+        "found": found,
+        "drawn": n_drawn,
+        "tp_all": tp_all,
+        "predicted": n_pred,
+        "by_kind": by_kind,
+    }
+
+
+def report_drawn(res: dict, split: str) -> None:
+    tp, n_pred, found, n = res["tp_all"], res["predicted"], res["found"], res["drawn"]
+    print(
+        f"\ndrawn lead markers on real {split}-half images ({n} drawn; precision counts every "
+        "predicted box against the drawn and the labelled markers, recall the drawn ones):"
+    )
+    p_lo, p_hi = wilson(tp, n_pred)
+    r_lo, r_hi = wilson(found, n)
+    print(
+        f"  precision {tp / max(n_pred, 1):.3f} [{p_lo:.3f}, {p_hi:.3f}] ({tp}/{n_pred} boxes)  "
+        f"recall {found / max(n, 1):.3f} [{r_lo:.3f}, {r_hi:.3f}] ({found}/{n})"
+    )
+    for kind, (hit, total) in sorted(res["by_kind"].items()):
+        print(f"  {kind:<9} recall {hit / max(total, 1):.3f} ({hit}/{total})")

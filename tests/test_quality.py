@@ -492,3 +492,61 @@ def test_weights_carry_fracatlas_attribution():
     weights = q.learned_weights()
     assert "FracAtlas" in weights["attribution"] and "CC BY 4.0" in weights["attribution"]
     assert {"inversion", "marker", "panels"} <= set(weights)
+
+
+def _bench_module(name: str):
+    import importlib
+    import sys
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    sys.path.insert(0, bench)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(bench)
+
+
+def test_drawn_markers_are_seeded_bright_and_inside():
+    """Lead markers drawn onto a radiograph-like image: the same draw for the same id and
+    salt, another for another salt; boxes inside the image and clear of `avoid`, bright
+    lead inside them (dark on the inverted ones), the image far from them untouched."""
+    quality_real = _bench_module("quality_real")
+    yy, xx = np.mgrid[:400, :330]
+    img = np.clip(30 + 120 * np.exp(-(((xx - 165) / 60.0) ** 2)) + yy * 0.05, 0, 255).astype(
+        np.uint8
+    )
+    avoid = [(10, 10, 60, 60)]
+    seen_inverted = 0
+    for i in range(30):
+        pixels, boxes, kinds, inverted = quality_real.draw_markers(img, f"IMG{i:07d}", "t", avoid)
+        again = quality_real.draw_markers(img, f"IMG{i:07d}", "t", avoid)
+        assert np.array_equal(pixels, again[0]) and boxes == again[1]
+        assert 1 <= len(boxes) == len(kinds) <= 2
+        assert set(kinds) <= {"letter", "word", "boxed", "cut"}
+        upright = 255 - pixels if inverted else pixels
+        seen_inverted += inverted
+        far = np.ones(img.shape, bool)
+        for x0, y0, x1, y1 in boxes:
+            assert 0 <= x0 < x1 <= 330 and 0 <= y0 < y1 <= 400
+            assert x0 >= 64 or y0 >= 64 or x1 <= 6 or y1 <= 6  # clear of the avoided box
+            assert upright[y0:y1, x0:x1].max() >= 150  # thin strokes blur below the lead level
+            far[max(0, y0 - 12) : y1 + 12, max(0, x0 - 12) : x1 + 12] = False
+        assert np.array_equal(upright[far], img[far])
+    assert 1 <= seen_inverted <= 12
+    other = quality_real.draw_markers(img, "IMG0000001", "u")
+    assert other[1] != quality_real.draw_markers(img, "IMG0000001", "t", avoid)[1]
+
+
+def test_drawn_copies_share_their_source_fold():
+    """Out-of-fold marker figures stay honest: a copy with drawn markers sits in the fold of
+    the image it was drawn on, in every fold layout."""
+    train = _bench_module("train_quality_models")
+    real = [(f"IMG{i:07d}.jpg", "real") for i in range(0, 200, 7)]
+    synth = [(f"s{i}", "synth") for i in range(10)]
+    drawn = [(name, "drawn") for name, _ in real[::-1]]
+    per_image = [(name, kind, [], [[0.0]], [False], []) for name, kind in real + synth + drawn]
+    for folds in train.marker_layouts(per_image):
+        source = {name: folds[i] for i, (name, kind, *_) in enumerate(per_image) if kind == "real"}
+        for i, (name, kind, *_) in enumerate(per_image):
+            if kind == "drawn":
+                assert folds[i] == source[name]
