@@ -66,6 +66,33 @@ def test_state_dict_keys_are_monai_style(densenet169: nn.Module) -> None:
     assert not any("dropout" in k for k in keys)
 
 
+def test_transitions_pool_first_and_compute_monai_densenet() -> None:
+    """Pooling before a transition's 1x1 conv is the same network as MONAI's conv-then-pool:
+    same parameter names (old checkpoints load), same logits and gradients in float64, and
+    the transition conv runs on a quarter of the pixels."""
+    torch.manual_seed(0)
+    ours = build_model("densenet-mini").double()
+    monai_order = build_model("densenet-mini", pool_first=False).double()
+    assert list(monai_order.features.transition1._modules) == ["norm", "relu", "conv", "pool"]
+    assert list(ours.features.transition1._modules) == ["norm", "relu", "pool", "conv"]
+    monai_order.load_state_dict(ours.state_dict())  # strict: the names are the same
+    x = torch.randn(4, 3, 96, 96, dtype=torch.float64)
+    for model in (ours, monai_order):
+        torch.manual_seed(1)  # the same dropout mask in the head
+        model(x).sum().backward()
+    for (name, a), b in zip(ours.named_parameters(), monai_order.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-9, atol=1e-12), name
+    ours.eval(), monai_order.eval()
+    with torch.no_grad():
+        assert torch.allclose(ours(x), monai_order(x), rtol=1e-12, atol=1e-12)
+    seen = []
+    hook = ours.features.transition1.conv.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        ours(x)
+    hook.remove()
+    assert seen[0].shape[-2:] == (12, 12)  # 96 px: 24x24 after the stem, pooled to 12x12
+
+
 def test_dropout_active_only_in_training() -> None:
     torch.manual_seed(0)
     model = build_model("densenet-mini", dropout=0.5)
