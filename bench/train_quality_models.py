@@ -22,7 +22,10 @@ are often one patient's series); the marker and multi-panel thresholds are set o
 out-of-fold scores pooled over three model seeds and three fold layouts (for markers two
 of them by such blocks, for multi-panel all three).
 
-Deterministic: same inputs, same weights.
+Deterministic: same inputs, same weights. The drawn markers are inputs too: their fonts
+(``quality_real.DRAWN_FONTS``: DejaVu Sans Bold and Condensed Bold, Liberation Sans Bold,
+from the Debian / Ubuntu packages fonts-dejavu-core and fonts-liberation) must be installed
+for the shipped weights to come out byte for byte; the script says which it found.
 
     python bench/train_quality_models.py [--fracatlas ../shared/FracAtlas] [--studies 150]
 
@@ -487,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         f"inversion: {len(y)} training cases ({int(y.sum())} inverted), "
         f"training accuracy {np.mean((p >= 0.5) == (y == 1)):.3f}"
     )
+    fonts = [f for f in quality_real.DRAWN_FONTS if Path(f).exists()]
+    print(f"drawn-marker fonts: {len(fonts)} of {len(quality_real.DRAWN_FONTS)} found {fonts}")
     drawn = []
     for n, img, _, boxes in real:
         for k in range(DRAWN_COPIES):
