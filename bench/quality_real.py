@@ -413,16 +413,11 @@ def draw_markers(
                 x = int(rng.integers(2, w - aw - 1))
                 y = int(rng.integers(2, h - ah - 1))
             ya, yb, xa, xb = max(0, y), min(h, y + ah), max(0, x), min(w, x + aw)
-            box = (xa, ya, xb, yb)
             on_background = dark[ya:yb, xa:xb].mean() >= 0.8
             if rng.random() < background_share and not on_background:
                 continue
             grown = (xa - 4, ya - 4, xb + 4, yb + 4)
-            if any(
-                min(grown[2], t[2]) > max(grown[0], t[0])
-                and min(grown[3], t[3]) > max(grown[1], t[1])
-                for t in taken
-            ):
+            if any(box_iou(grown, t) > 0 for t in taken):
                 continue
             break
         else:
@@ -476,9 +471,10 @@ def evaluate_drawn(items: list[Labelled], salt: str = DRAWN_EVAL_SALT) -> dict:
         matched, _ = match_boxes(drawn + item.markers, boxes)
         tp_all, n_pred = tp_all + matched, n_pred + len(boxes)
         for box, kind in zip(drawn, kinds, strict=True):
+            box_found = match_boxes([box], boxes)[0]
             for name in (kind, "inverted") if inverted else (kind,):
                 counts = by_kind.setdefault(name, [0, 0])
-                counts[0] += match_boxes([box], boxes)[0]
+                counts[0] += box_found
                 counts[1] += 1
     return {
         "found": found,

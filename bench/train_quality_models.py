@@ -228,14 +228,7 @@ def train_markers(real: list, synth: list, drawn: list = ()) -> dict:
     for name, img, truth, new in drawn:
         rows, labels, boxes = marker_rows(name, img, truth)
         if DRAWN_NEAR_ONLY:
-            near = [
-                i
-                for i, b in enumerate(boxes)
-                if any(
-                    min(b[2], t[2]) > max(b[0], t[0]) and min(b[3], t[3]) > max(b[1], t[1])
-                    for t in new
-                )
-            ]
+            near = [i for i, b in enumerate(boxes) if any(q.box_iou(b, t) > 0 for t in new)]
             rows, labels, boxes = ([v[i] for i in near] for v in (rows, labels, boxes))
             truth = new
         per_image.append((name, "drawn", truth, rows, labels, boxes))
